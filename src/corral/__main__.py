@@ -1,0 +1,27 @@
+"""The ``corral`` command: ``corral demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="corral",
+        description="Erlang/OTP-style supervision trees and worker pools for Trio.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="watch a supervision tree restart crashing children")
+    demo.add_argument("--seconds", type=float, default=8.0, help="how long the demo runs")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from corral._demo import run_demo
+
+        return run_demo(args.seconds)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

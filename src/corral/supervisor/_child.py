@@ -1,0 +1,92 @@
+"""One supervised child: its record, its current run, its state machine."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+
+import attrs
+import trio
+
+from corral.supervisor._context import ChildContext
+from corral.supervisor._events import ExitReason
+from corral.supervisor._spec import ChildSpec
+
+
+class ChildState(enum.Enum):
+    RUNNING = "running"
+    RESTARTING = "restarting"  # waiting for (or in the middle of) an automatic restart
+    STOPPED = "stopped"
+
+
+_S = ChildState
+#: Every legal move of a child, in one place. Anything else is a bug and raises.
+TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
+    _S.STOPPED: frozenset({_S.RUNNING, _S.RESTARTING}),
+    _S.RUNNING: frozenset({_S.STOPPED, _S.RESTARTING}),
+    _S.RESTARTING: frozenset({_S.RUNNING, _S.STOPPED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@attrs.frozen
+class ChildInfo:
+    """A snapshot of one child, as ``which_children()`` reports it."""
+
+    id: Hashable
+    state: ChildState
+    restarts: int
+    value: object
+    last_exit: ExitReason | None
+    spec: ChildSpec
+
+
+@attrs.frozen
+class ChildCounts:
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+@attrs.define(eq=False)
+class Run:
+    """One incarnation of a child: started once, exits once."""
+
+    child: Child
+    ctx: ChildContext
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    done: trio.Event = attrs.Factory(trio.Event)
+    value: object = None
+    exit: ExitReason | None = None
+    stopping: bool = False  # the supervisor asked it to stop: its exit is no crash
+    started_at: float = 0.0
+
+
+@attrs.define(eq=False)
+class Child:
+    spec: ChildSpec
+    state: ChildState = ChildState.STOPPED
+    run: Run | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive crashes, for the backoff
+    last_exit: ExitReason | None = None
+    retry_token: object | None = None  # the pending delayed restart, if any
+
+    @property
+    def id(self) -> Hashable:
+        return self.spec.id
+
+    def to(self, new: ChildState) -> None:
+        if new is self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"child {self.id!r}: {self.state.name} -> {new.name}")
+        self.state = new
+
+    def info(self) -> ChildInfo:
+        value = self.run.value if self.run is not None and self.state is ChildState.RUNNING else None
+        return ChildInfo(self.id, self.state, self.restarts, value, self.last_exit, self.spec)

@@ -1,0 +1,173 @@
+"""Child specs, restart types, strategies: the vocabulary of a supervision tree.
+
+Everything here is a frozen value checked where it enters, so a bad spec fails at
+construction with the field named, never later inside a running tree.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+import attrs
+
+from corral._errors import InvalidSpec
+
+BRUTAL_KILL = 0.0
+"""Shutdown grace meaning: cancel the child at once."""
+
+INFINITY = math.inf
+"""Shutdown grace meaning: wait for the child however long it takes (supervisors)."""
+
+
+class Strategy(enum.Enum):
+    """What else a supervisor restarts when one child dies."""
+
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+class Restart(enum.Enum):
+    """When a child that exited is restarted."""
+
+    PERMANENT = "permanent"  # always
+    TRANSIENT = "transient"  # only after an abnormal exit
+    TEMPORARY = "temporary"  # never; the spec is forgotten once it exits
+
+
+class AutoShutdown(enum.Enum):
+    """Whether significant children exiting by themselves end the supervisor (OTP 24)."""
+
+    NEVER = "never"
+    ANY_SIGNIFICANT = "any_significant"
+    ALL_SIGNIFICANT = "all_significant"
+
+
+StartFn = Callable[..., Awaitable[object]]
+
+
+def is_supervisor_start(start: object) -> bool:
+    """True when ``start`` is a bound ``run`` of a Supervisor (a nested tree)."""
+    from corral.supervisor._supervisor import Supervisor
+
+    owner = getattr(start, "__self__", None)
+    return isinstance(owner, Supervisor) and getattr(start, "__name__", "") == "run"
+
+
+def _default_shutdown(spec: ChildSpec) -> float:
+    return INFINITY if is_supervisor_start(spec.start) else 5.0
+
+
+def _check_start(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not callable(value):
+        raise InvalidSpec(
+            "start",
+            f"must be an async function taking task_status=..., got {value!r}",
+        )
+
+
+def _check_shutdown(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value) or value < 0:
+        raise InvalidSpec(
+            "shutdown",
+            f"must be seconds >= 0 (BRUTAL_KILL = 0, INFINITY = math.inf), got {value!r}",
+        )
+
+
+def _check_enum(kind: type[enum.Enum]) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, kind):
+            allowed = ", ".join(f"{kind.__name__}.{m.name}" for m in kind)
+            raise InvalidSpec(attribute.name, f"must be one of {allowed}, got {value!r}")
+
+    return check
+
+
+def _check_hashable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise InvalidSpec("id", f"must be hashable, got {type(value).__name__}") from None
+
+
+@attrs.frozen
+class ChildSpec:
+    """How to start one child and what to do when it exits.
+
+    ``start`` follows trio's ``nursery.start`` protocol: ``async def f(*args,
+    task_status)`` that calls ``task_status.started(value)`` once it is ready to be
+    relied on, then runs until it is done.
+    """
+
+    id: Hashable = attrs.field(validator=_check_hashable)
+    start: StartFn = attrs.field(validator=_check_start)
+    args: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    restart: Restart = attrs.field(default=Restart.PERMANENT, validator=_check_enum(Restart))
+    shutdown: float = attrs.field(
+        default=attrs.Factory(_default_shutdown, takes_self=True), validator=_check_shutdown
+    )
+    significant: bool = attrs.field(default=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.significant, bool):
+            raise InvalidSpec("significant", f"must be a bool, got {self.significant!r}")
+        if self.significant and self.restart is Restart.PERMANENT:
+            raise InvalidSpec(
+                "significant",
+                "a PERMANENT child cannot be significant (it is always restarted); "
+                "use Restart.TRANSIENT or Restart.TEMPORARY",
+            )
+
+    @property
+    def is_supervisor(self) -> bool:
+        return is_supervisor_start(self.start)
+
+
+def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = value >= 0 if allow_zero else value > 0  # type: ignore[operator]
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidSpec(name, f"must be a number {bound}, got {value!r}")
+
+
+@attrs.frozen
+class Backoff:
+    """Exponential, capped, jittered delay before an automatic restart.
+
+    OTP restarts at once; a crash loop then burns the restart intensity in
+    milliseconds. With a backoff the n-th consecutive restart of a child waits
+    ``initial * multiplier**(n-1)`` seconds (at most ``maximum``), spread by
+    ``±jitter`` (a fraction). A child that stayed up ``reset_after`` seconds is
+    considered healthy again and its next crash restarts after ``initial``.
+    """
+
+    initial: float = 0.1
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+    reset_after: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        _positive("backoff.initial", self.initial, allow_zero=True)
+        _positive("backoff.maximum", self.maximum, allow_zero=True)
+        _positive("backoff.reset_after", self.reset_after, allow_zero=True)
+        if not (isinstance(self.multiplier, int | float) and self.multiplier >= 1):
+            raise InvalidSpec("backoff.multiplier", f"must be >= 1, got {self.multiplier!r}")
+        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1):
+            raise InvalidSpec("backoff.jitter", f"must be within [0, 1], got {self.jitter!r}")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before restart number ``attempt`` (1-based) in a row."""
+        if attempt <= 0:
+            return 0.0
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
+        if self.jitter:
+            spread = (rng or random).uniform(-self.jitter, self.jitter)
+            base = min(self.maximum, base * (1 + spread))
+        return max(0.0, base)

@@ -1,0 +1,1 @@
+"""Worker processes and the pool; builds on corral.supervisor."""
