@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import attrs
@@ -94,6 +94,10 @@ def _check_hashable(instance: object, attribute: attrs.Attribute[Any], value: ob
         raise InvalidSpec("id", f"must be hashable, got {type(value).__name__}") from None
 
 
+def _to_tuple(value: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class ChildSpec:
     """How to start one child and what to do when it exits.
@@ -105,7 +109,7 @@ class ChildSpec:
 
     id: Hashable = attrs.field(validator=_check_hashable)
     start: StartFn = attrs.field(validator=_check_start)
-    args: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    args: tuple[Any, ...] = attrs.field(default=(), converter=_to_tuple)
     restart: Restart = attrs.field(default=Restart.PERMANENT, validator=_check_enum(Restart))
     shutdown: float = attrs.field(
         default=attrs.Factory(_default_shutdown, takes_self=True), validator=_check_shutdown

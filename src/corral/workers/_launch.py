@@ -1,0 +1,108 @@
+"""Launchers: how a worker process comes to exist. The one seam between the pool
+and "where does the process run" (a local Python runtime, any program, later ssh).
+
+A launcher only says what to execute; spawning, the handshake and the channel are the
+same for every kind, so the pool never cares how a process was started.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from corral._errors import InvalidSpec
+
+
+def _argv(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidSpec("argv", f"must be a list of strings (not one shell string), got {value!r}")
+    argv = tuple(value)
+    if not argv or not all(isinstance(a, str | os.PathLike) for a in argv):
+        raise InvalidSpec("argv", f"must be a non-empty list of strings, got {value!r}")
+    return tuple(os.fspath(a) for a in argv)
+
+
+def _env(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidSpec("env", f"must be a mapping of str to str, got {value!r}")
+    return dict(value)
+
+
+@attrs.frozen
+class Launch:
+    """What to exec for one worker: argv, environment additions, cwd, codecs to prefer."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] | None
+    cwd: str | None
+    codecs: tuple[str, ...]
+    welcome: dict[str, Any]
+
+
+@attrs.frozen
+class Command:
+    """Any program that speaks corral's protocol (docs/protocol.md) on stdin/stdout.
+
+    ``corral.Command(["node", "worker.js"])``, ``Command(["ssh", "host", "..."])``,
+    ``Command(["docker", "run", "-i", ...])``. ``env`` is added to the parent's
+    environment. The JSON codec is used unless ``codecs`` says otherwise.
+    """
+
+    argv: tuple[str, ...] = attrs.field(converter=_argv)
+    env: dict[str, str] | None = attrs.field(default=None, kw_only=True, converter=_env)
+    cwd: str | None = attrs.field(default=None, kw_only=True)
+    codecs: tuple[str, ...] = attrs.field(default=("json",), kw_only=True, converter=tuple)
+
+    def launch(self, worker_id: str) -> Launch:
+        return Launch(self.argv, self.env, self.cwd, self.codecs, {})
+
+
+@attrs.frozen
+class PythonModule:
+    """The default: corral's Python child runtime serving a module of plain functions.
+
+    The child sees the parent's ``sys.path``, so whatever the parent imports, the
+    worker imports. ``module=None`` serves only ``run_sync``.
+    """
+
+    module: str | None
+    python: str = sys.executable
+    env: dict[str, str] | None = attrs.field(default=None, converter=_env)
+    cwd: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.module is not None and (not isinstance(self.module, str) or not self.module):
+            raise InvalidSpec("handlers", f"must be a module name like 'myapp.handlers', got {self.module!r}")
+
+    def launch(self, worker_id: str) -> Launch:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        runtime_root = os.path.dirname(here)  # the folder holding corral/ and _corral_child/
+        env = dict(self.env or {})
+        pythonpath = os.environ.get("PYTHONPATH")
+        env["PYTHONPATH"] = runtime_root + (os.pathsep + pythonpath if pythonpath else "")
+        argv = (self.python, "-m", "_corral_child") + ((self.module,) if self.module else ())
+        welcome = {"module": self.module, "sys_path": [p if p else os.getcwd() for p in sys.path]}
+        return Launch(argv, env, self.cwd, ("pickle", "json"), welcome)
+
+
+Launcher = Command | PythonModule
+
+
+def as_launcher(target: object) -> Launcher:
+    if isinstance(target, Command | PythonModule):
+        return target
+    if target is None or isinstance(target, str):
+        return PythonModule(target)
+    raise InvalidSpec(
+        "handlers",
+        "must be a module name ('myapp.handlers'), None (run_sync only) or corral.Command([...]); "
+        f"got {target!r}",
+    )

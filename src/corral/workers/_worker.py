@@ -1,0 +1,600 @@
+"""A worker: one OS process behind a framed pipe channel, with an explicit state machine.
+
+``Worker.run`` follows ``nursery.start``: it returns control (``started(worker)``) once
+the process has said hello and is READY, then serves until it is asked to stop or
+dies. So a worker is a supervisor child like any other, and a crash is an abnormal
+exit that the supervisor answers with a fresh Worker.
+
+One Worker object is one process incarnation: STOPPED and FAILED are final.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import pickle
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from _corral_child import _frames as frames
+from corral._errors import (
+    CorralError,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    WorkerCrashed,
+)
+from corral.supervisor._context import _get_current
+from corral.supervisor._supervisor import _collapse, _reraise
+from corral.workers._launch import Launch, Launcher
+from corral.workers._process import Process
+
+
+class InitTimeout(CorralError):
+    """A worker did not become READY within ``init_timeout`` (hung import or init())."""
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+_W = WorkerState
+#: Every legal move of a worker, in one place. Anything else raises IllegalTransition.
+TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    _W.STARTING: frozenset({_W.READY, _W.STOPPING, _W.FAILED}),
+    _W.READY: frozenset({_W.BUSY, _W.STOPPING, _W.FAILED}),
+    _W.BUSY: frozenset({_W.READY, _W.STOPPING, _W.FAILED}),
+    _W.STOPPING: frozenset({_W.STOPPED, _W.FAILED}),
+    _W.STOPPED: frozenset(),
+    _W.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@attrs.frozen
+class WorkerInfo:
+    """A snapshot of one worker, as ``pool.workers()`` reports it."""
+
+    id: str
+    pid: int | None
+    state: WorkerState
+    served: int
+    started_at: float  # wall clock (time.time())
+    last_exit: str | None
+
+
+_ids = itertools.count(1)
+_HANDSHAKE_MAX = 1 << 20
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _EOF(Exception):
+    pass
+
+
+class Worker:
+    """One worker process. Use it through a pool, or run it yourself::
+
+    worker = Worker(PythonModule("myapp.handlers"))
+    await nursery.start(worker.run)
+    await worker.call("predict", x)
+    worker.stop()
+    """
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        *,
+        worker_id: str | None = None,
+        init_timeout: float = 30.0,
+        request_timeout: float | None = None,
+        cancel_grace: float = 1.0,
+        stop_timeout: float = 5.0,
+        max_frame: int = frames.DEFAULT_MAX_FRAME,
+        capture_stderr: bool = True,
+        stderr_lines: int = 200,
+        on_state: Callable[[Worker, WorkerState], None] | None = None,
+    ) -> None:
+        self.id = worker_id or f"w{next(_ids)}"
+        self._launcher = launcher
+        self.init_timeout = init_timeout
+        self.request_timeout = request_timeout
+        self.cancel_grace = cancel_grace
+        self.stop_timeout = stop_timeout
+        self.max_frame = max_frame
+        self._capture_stderr = capture_stderr
+        self._on_state = on_state
+        self.log = logging.getLogger(f"corral.worker.{self.id}")
+        self.state = WorkerState.STARTING
+        self.served = 0
+        self.started_at = time.time()
+        self.ready_at: float | None = None  # trio clock
+        self.last_exit: str | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=stderr_lines)
+        self.pid: int | None = None
+        self._proc: Process | None = None
+        self._codec: frames.Codec = frames.get_codec("json")
+        self._decoder = frames.FrameDecoder(_HANDSHAKE_MAX)
+        self._early: deque[bytes] = deque()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._slot = trio.Semaphore(1)  # one call in flight: SIGINT is never ambiguous
+        self._send_lock = trio.StrictFIFOLock()
+        self._ended = trio.Event()
+        self._stderr_done = trio.Event()
+        self._fatal: BaseException | None = None
+        self._stop_wanted = False
+        self._nursery: trio.Nursery | None = None
+        self._ran = False
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} pid={self.pid} {self.state.name}>"
+
+    # -- state -----------------------------------------------------------------
+
+    def _to(self, new: WorkerState) -> None:
+        if new is self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"worker {self.id}: {self.state.name} -> {new.name}")
+        self.state = new
+        if self._on_state is not None:
+            self._on_state(self, new)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(self.id, self.pid, self.state, self.served, self.started_at, self.last_exit)
+
+    def rss_bytes(self) -> int | None:
+        return self._proc.rss_bytes() if self._proc is not None else None
+
+    @property
+    def available(self) -> bool:
+        return self.state is WorkerState.READY
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
+        """Spawn, handshake, report READY, serve until stopped; raise if it dies."""
+        if self._ran:
+            raise RuntimeError(f"{self!r} already ran; a Worker is one process incarnation")
+        self._ran = True
+        launch = self._launcher.launch(self.id)
+        try:
+            proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
+        except OSError as exc:
+            self._to(WorkerState.FAILED)
+            self.last_exit = f"spawn failed: {exc}"
+            raise WorkerCrashed(f"worker {self.id}: could not start {launch.argv[0]!r}: {exc}") from exc
+        self._proc = proc
+        self.pid = proc.pid
+        child = _get_current()
+        try:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._pump_stderr, proc)
+                    nursery.start_soon(self._watch_exit, proc)
+                    if child is not None:
+                        nursery.start_soon(self._watch_stop, child.stop_requested)
+                    await self._handshake(proc, launch)
+                    self._to(WorkerState.READY)
+                    task_status.started(self)
+                    nursery.start_soon(self._read_replies, proc)
+                    await self._ended.wait()
+                    try:
+                        await self._finish(proc)
+                    finally:
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                _reraise(_collapse(group))
+        finally:
+            with trio.CancelScope(shield=True):
+                proc.kill_now()
+                self._fail_pending(self._fatal or self._crash_error(proc))
+                if self.state not in (WorkerState.STOPPED, WorkerState.FAILED):
+                    self._to(WorkerState.FAILED)
+                if self.last_exit is None:
+                    self.last_exit = self._describe(proc)
+                await proc.aclose()
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: shutdown frame, then SIGTERM, then SIGKILL."""
+        self._stop_wanted = True
+        self._ended.set()
+
+    async def _watch_stop(self, event: trio.Event) -> None:
+        await event.wait()
+        self.stop()
+
+    async def _watch_exit(self, proc: Process) -> None:
+        await proc.watch()
+        self._ended.set()
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._fatal is None and error is not None:
+            self._fatal = error
+        self._ended.set()
+
+    async def _finish(self, proc: Process) -> None:
+        if self._stop_wanted and self._fatal is None and not proc.exited:
+            await self._graceful_stop(proc)
+            return
+        # A crash (or a kill we decided on): make sure the group is gone, let stderr drain
+        # so the report quotes the traceback, then fail whatever was in flight.
+        proc.signal_group(signal.SIGKILL)
+        with trio.move_on_after(2.0):
+            await proc.exited_event.wait()
+        with trio.move_on_after(0.2):
+            await self._stderr_done.wait()
+        if self._stop_wanted and self._fatal is None and proc.returncode == 0:
+            self._to(WorkerState.STOPPING)
+            self._to(WorkerState.STOPPED)
+            self.last_exit = "stopped"
+            return
+        error = self._fatal or self._crash_error(proc)
+        self._fail_pending(error)
+        self.last_exit = self._describe(proc)
+        self._to(WorkerState.FAILED)
+        raise error
+
+    async def _graceful_stop(self, proc: Process) -> None:
+        self._to(WorkerState.STOPPING)
+        try:
+            await self._send(self._codec.raw_dumps(("shutdown",)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        with trio.move_on_after(self.stop_timeout):
+            await proc.exited_event.wait()
+        if not proc.exited:
+            proc.signal_group(signal.SIGTERM)
+            with trio.move_on_after(1.0):
+                await proc.exited_event.wait()
+        if not proc.exited:
+            proc.signal_group(signal.SIGKILL)
+            await proc.exited_event.wait()
+        with trio.move_on_after(0.2):
+            await self._stderr_done.wait()
+        self._fail_pending(WorkerCrashed(f"worker {self.id} was stopped before it answered"))
+        self.last_exit = self._describe(proc)
+        self._to(WorkerState.STOPPED)
+
+    def _describe(self, proc: Process) -> str:
+        code, sig = proc.describe_exit()
+        if sig is not None:
+            return f"killed by {sig}"
+        if code is not None:
+            return f"exit code {code}"
+        return "running"
+
+    def _crash_error(self, proc: Process) -> WorkerCrashed:
+        code, sig = proc.describe_exit()
+        how = f"was killed by {sig}" if sig else f"exited with code {code}" if code is not None else "died"
+        return WorkerCrashed(
+            f"worker {self.id} (pid {proc.pid}) {how}",
+            exit_code=code,
+            signal=sig,
+            stderr_tail="\n".join(self.stderr_tail),
+        )
+
+    def _fail_pending(self, error: BaseException) -> None:
+        """Fail every call in flight; free their slots so queued callers see the state."""
+        while self._pending:
+            _, waiter = self._pending.popitem()
+            if not waiter.done.is_set():
+                waiter.error = error
+                waiter.done.set()
+            self._slot.release()
+
+    # -- the channel -----------------------------------------------------------
+
+    async def _send(self, payload: bytes) -> None:
+        assert self._proc is not None
+        header = frames.pack_header(len(payload), self.max_frame)
+        async with self._send_lock:
+            if len(payload) < 65536:
+                await self._proc.stdin.send_all(header + payload)
+            else:
+                await self._proc.stdin.send_all(header)
+                await self._proc.stdin.send_all(payload)
+
+    async def _read_frame(self, proc: Process) -> bytes:
+        """Handshake only: the next frame, straight from stdout."""
+        while True:
+            if self._early:
+                return self._early.popleft()
+            data = await proc.stdout.receive_some(65536)
+            if not data:
+                raise _EOF
+            self._early.extend(self._feed(data))
+
+    def _feed(self, data: bytes) -> list[bytes]:
+        try:
+            return self._decoder.feed(data)
+        except frames.ProtocolError as exc:
+            raise ProtocolError(f"worker {self.id}: {exc}") from exc
+
+    async def _handshake(self, proc: Process, launch: Launch) -> None:
+        try:
+            with trio.fail_after(self.init_timeout):
+                try:
+                    hello = frames.parse_hello(await self._read_frame(proc))
+                    codec_name = frames.choose_codec(hello["codecs"], launch.codecs)
+                except frames.ProtocolError as exc:
+                    raise ProtocolError(f"worker {self.id}: bad hello: {exc}") from exc
+                self._codec = frames.get_codec(codec_name)
+                welcome = frames.make_welcome(
+                    codec_name,
+                    self.id,
+                    launch.welcome.get("module"),
+                    max_frame=self.max_frame,
+                    sys_path=launch.welcome.get("sys_path"),
+                )
+                await self._send(frames.encode_json_object(welcome))
+                self._decoder.max_frame = self.max_frame
+                reply = self._loads(await self._read_frame(proc))
+        except trio.TooSlowError:
+            proc.signal_group(signal.SIGKILL)
+            await self._settle(proc)
+            self._to(WorkerState.FAILED)
+            self.last_exit = "init timeout"
+            timeout_error = InitTimeout(
+                f"worker {self.id} (pid {proc.pid}) was not ready within init_timeout="
+                f"{self.init_timeout} s (a slow import or init()?)" + self._tail_text()
+            )
+            self._fatal = timeout_error
+            raise timeout_error from None
+        except (_EOF, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._settle(proc)
+            self._to(WorkerState.FAILED)
+            crash = self._crash_error(proc)
+            crash.args = (f"{crash.args[0]} during start-up",)
+            self._fatal = crash
+            raise crash from None
+        except ProtocolError as exc:
+            proc.signal_group(signal.SIGKILL)
+            await self._settle(proc)
+            self._to(WorkerState.FAILED)
+            self._fatal = exc
+            raise
+        if not isinstance(reply, list | tuple) or not reply:
+            raise self._protocol_failure(proc, f"expected a ready frame, got {reply!r:.200}")
+        if reply[0] == "error" and len(reply) >= 3:
+            await self._settle(proc)
+            self._to(WorkerState.FAILED)
+            init_error = self._remote_error(reply[2])
+            self.last_exit = f"init failed: {init_error.remote_type}"
+            self._fatal = init_error
+            raise init_error
+        if reply[0] != "ready":
+            raise self._protocol_failure(proc, f"expected a ready frame, got {reply!r:.200}")
+        self._early.clear()
+        self.ready_at = trio.current_time()
+
+    def _protocol_failure(self, proc: Process, message: str) -> ProtocolError:
+        proc.signal_group(signal.SIGKILL)
+        self._to(WorkerState.FAILED)
+        error = ProtocolError(f"worker {self.id}: {message}")
+        self._fatal = error
+        return error
+
+    async def _settle(self, proc: Process) -> None:
+        """After a failed start: wait (briefly) for the exit and the last stderr lines."""
+        with trio.move_on_after(1.0):
+            await proc.exited_event.wait()
+        if not proc.exited:
+            proc.signal_group(signal.SIGKILL)
+            with trio.move_on_after(1.0):
+                await proc.exited_event.wait()
+        with trio.move_on_after(0.2):
+            await self._stderr_done.wait()
+
+    def _tail_text(self) -> str:
+        if not self.stderr_tail:
+            return ""
+        return "\n\nLast lines of the worker's output:\n" + "\n".join(self.stderr_tail)
+
+    def _loads(self, frame: bytes) -> Any:
+        try:
+            return self._codec.loads(frame)
+        except frames.ProtocolError as exc:
+            raise ProtocolError(f"worker {self.id}: {exc}") from exc
+
+    def _remote_error(self, info: Any) -> RemoteError:
+        if not isinstance(info, dict):
+            return RemoteError("ProtocolError", f"malformed error reply: {info!r:.200}")
+        error = RemoteError(
+            str(info.get("type", "Exception")),
+            str(info.get("message", "")),
+            str(info.get("traceback", "") or ""),
+        )
+        exc_bytes = info.get("exc")
+        if isinstance(exc_bytes, bytes) and self._codec.name == "pickle":
+            try:
+                original = pickle.loads(exc_bytes)
+            except Exception:
+                original = None
+            if isinstance(original, BaseException):
+                error.__cause__ = original
+        return error
+
+    async def _read_replies(self, proc: Process) -> None:
+        pending = self._pending
+        try:
+            while True:
+                data = await proc.stdout.receive_some(262144)
+                if not data:
+                    break
+                for frame in self._feed(data):
+                    msg = self._loads(frame)
+                    try:
+                        kind = msg[0]
+                        waiter = pending.pop(msg[1])
+                    except (TypeError, IndexError, KeyError):
+                        raise ProtocolError(
+                            f"worker {self.id}: reply for no request in flight: {msg!r:.200}"
+                        ) from None
+                    if kind == "ok" or kind == "pong":
+                        waiter.result = msg[2] if len(msg) > 2 else None
+                        self.served += 1
+                    elif kind == "error":
+                        waiter.error = self._remote_error(msg[2])
+                        self.served += 1
+                    elif kind == "cancelled":
+                        # Its caller has already left; nobody reads this.
+                        waiter.error = RemoteError("KeyboardInterrupt", "the call was interrupted")
+                    else:
+                        raise ProtocolError(f"worker {self.id}: unknown reply kind {kind!r:.50}")
+                    waiter.done.set()
+                    self._slot.release()
+                    if self.state is WorkerState.BUSY:
+                        self._to(WorkerState.READY)
+        except ProtocolError as exc:
+            proc.signal_group(signal.SIGKILL)
+            self._end(exc)
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self._end(None)
+
+    async def _pump_stderr(self, proc: Process) -> None:
+        """Worker output → logging and the ring buffer crash reports quote."""
+        buffer = b""
+        log = self.log
+        tail = self.stderr_tail
+        pid = proc.pid
+        try:
+            while True:
+                data = await proc.stderr.receive_some(65536)
+                if not data:
+                    break
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    tail.append(line)
+                    if self._capture_stderr:
+                        log.info("[pid %d] %s", pid, line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if buffer:
+                line = buffer.decode("utf-8", "replace")
+                tail.append(line)
+                if self._capture_stderr:
+                    log.info("[pid %d] %s", pid, line)
+            self._stderr_done.set()
+
+    # -- calls -----------------------------------------------------------------
+
+    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run the handler module's ``name(*args)`` in the worker and return its result."""
+        return await self._request("call", name, args, timeout)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        """Run a picklable callable in the worker (Python runtime only)."""
+        return await self._request("apply", fn, args, timeout)
+
+    async def ping(self, timeout: float | None = 5.0) -> None:
+        await self._request("ping", None, (), timeout)
+
+    def _check_usable(self) -> None:
+        if self.state in (WorkerState.READY, WorkerState.BUSY):
+            return
+        if self._fatal is not None and isinstance(self._fatal, CorralError):
+            raise WorkerCrashed(f"worker {self.id} is {self.state.name}: {self._fatal}")
+        raise WorkerCrashed(f"worker {self.id} is {self.state.name}; it takes no calls")
+
+    async def _request(self, kind: str, target: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+        self._check_usable()
+        await self._slot.acquire()
+        request_id = next(self._ids)
+        waiter = _Pending()
+        try:
+            self._check_usable()
+            if kind == "ping":
+                payload = self._codec.raw_dumps((kind, request_id))
+            else:
+                payload = self._codec.raw_dumps((kind, request_id, target, args))
+        except BaseException:
+            self._slot.release()
+            raise
+        self._pending[request_id] = waiter
+        self._to(WorkerState.BUSY)
+        try:
+            await self._send(payload)
+        except BaseException as exc:
+            # Possibly half a frame on the pipe: the channel is unusable from here on.
+            self._kill(WorkerCrashed(f"worker {self.id}: a request was cut off mid-frame"))
+            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                await self._ended.wait()
+                raise self._fatal or WorkerCrashed(f"worker {self.id} died") from exc
+            raise
+        if timeout is None:
+            timeout = self.request_timeout
+        try:
+            if timeout is None:
+                await waiter.done.wait()
+            else:
+                with trio.fail_after(timeout):
+                    await waiter.done.wait()
+        except trio.TooSlowError:
+            error = RequestTimeout(
+                f"worker {self.id}: {kind} {target if kind == 'call' else ''} took longer than "
+                f"{timeout} s; the worker was killed and will be replaced"
+            )
+            self._kill(error)
+            raise error from None
+        except trio.Cancelled:
+            self._interrupt(request_id, waiter)
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _kill(self, error: BaseException) -> None:
+        if self._proc is not None:
+            self._proc.signal_group(signal.SIGKILL)
+        self._end(error)
+
+    def _interrupt(self, request_id: int, waiter: _Pending) -> None:
+        """The caller was cancelled: SIGINT the call; kill the worker if it does not
+        come back within ``cancel_grace``. The caller does not wait for any of this."""
+        if waiter.done.is_set() or self._proc is None or self._nursery is None:
+            return
+        self._proc.signal(signal.SIGINT)
+
+        async def grace() -> None:
+            with trio.move_on_after(self.cancel_grace):
+                await waiter.done.wait()
+            if not waiter.done.is_set():
+                self._kill(
+                    WorkerCrashed(
+                        f"worker {self.id} did not return within cancel_grace={self.cancel_grace} s "
+                        "of an interrupt; killed"
+                    )
+                )
+
+        self._nursery.start_soon(grace)
