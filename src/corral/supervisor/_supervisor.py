@@ -280,6 +280,8 @@ class Supervisor:
                             self._spawn_aux(self._watch_parent, parent)
                         task_status.started(self)
                         await self._manage()
+                    except ChildStartError:
+                        raise  # _start_initial already stopped the others, in order
                     except BaseException:
                         with trio.CancelScope(shield=True):
                             await self._kill_all()
