@@ -75,6 +75,7 @@ class Child:
     failures: int = 0  # consecutive crashes, for the backoff
     last_exit: ExitReason | None = None
     retry_token: object | None = None  # the pending delayed restart, if any
+    starting: bool = False  # start_child in progress: id reserved, not yet visible
 
     @property
     def id(self) -> Hashable:

@@ -312,13 +312,20 @@ class Supervisor:
             if self._find(spec.id) is not None:
                 raise AlreadyPresent(spec.id)
             self._check_capacity()
-            child = Child(spec)
+            child = Child(spec, starting=True)  # holds its id and place, invisible until started
             self._children.append(child)
-            try:
-                return await self._start(child, restart=False)
-            except BaseException:
+        # The start itself runs outside the lock: a slow child delays only its caller,
+        # and several start_child calls proceed concurrently.
+        try:
+            if self._nursery is None:
+                raise SupervisorNotRunning(f"{self.name!r} stopped while the child was starting")
+            return await self._start(child, restart=False)
+        except BaseException:
+            if child in self._children:
                 self._children.remove(child)
-                raise
+            raise
+        finally:
+            child.starting = False
 
     async def terminate_child(self, id: Hashable) -> None:
         """Stop a child (two-phase) and keep its spec; a stopped child is a no-op."""
@@ -350,15 +357,16 @@ class Supervisor:
 
     def which_children(self) -> list[ChildInfo]:
         """A snapshot of every child, in start order. Never waits."""
-        return [child.info() for child in self._children]
+        return [child.info() for child in self._children if not child.starting]
 
     def count_children(self) -> ChildCounts:
-        supervisors = sum(1 for c in self._children if c.spec.is_supervisor)
+        children = [c for c in self._children if not c.starting]
+        supervisors = sum(1 for c in children if c.spec.is_supervisor)
         return ChildCounts(
-            specs=len(self._children),
-            active=sum(1 for c in self._children if c.state is ChildState.RUNNING),
+            specs=len(children),
+            active=sum(1 for c in children if c.state is ChildState.RUNNING),
             supervisors=supervisors,
-            workers=len(self._children) - supervisors,
+            workers=len(children) - supervisors,
         )
 
     @property
@@ -387,7 +395,7 @@ class Supervisor:
 
     def _get(self, id: Hashable) -> Child:
         child = self._find(id)
-        if child is None:
+        if child is None or child.starting:
             raise NotFound(id)
         return child
 
@@ -705,7 +713,7 @@ class DynamicSupervisor(Supervisor):
     def _check_capacity(self) -> None:
         if self.max_children is None:
             return
-        active = sum(1 for c in self._children if c.state is not ChildState.STOPPED)
+        active = sum(1 for c in self._children if c.state is not ChildState.STOPPED or c.starting)
         if active >= self.max_children:
             raise MaxChildren(
                 f"{self.name!r} already runs max_children={self.max_children} children; "
