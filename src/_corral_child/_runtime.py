@@ -36,7 +36,7 @@ def _exit(code: int) -> NoReturn:
 
 
 def _fatal(code: int, message: str) -> NoReturn:
-    try:  # noqa: SIM105 - contextlib costs import time
+    try:
         sys.stderr.write(f"corral worker {os.getpid()}: {message}\n")
     except Exception:
         pass
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fatal(_frames.EXIT_PROTOCOL_ERROR, f"cannot set up the protocol channel: {exc}")
     stdout = sys.stdout
     if stdout is not None:
-        try:  # noqa: SIM105 - contextlib costs import time
+        try:
             stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         except Exception:
             pass
