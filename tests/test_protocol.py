@@ -373,3 +373,16 @@ def test_child_argv_starts_a_worker() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_precompile_child() -> None:
+    import importlib.util
+
+    import _corral_child._runtime
+
+    assert P.precompile_child()
+    cache = importlib.util.cache_from_source(_corral_child._runtime.__file__)
+    before = Path(cache).stat().st_mtime_ns
+    assert P.precompile_child()  # fresh caches are not rewritten
+    assert Path(cache).stat().st_mtime_ns == before
+    assert Path(cache).read_bytes()[:4] == importlib.util.MAGIC_NUMBER

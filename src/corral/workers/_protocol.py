@@ -69,6 +69,7 @@ __all__ = [
     "pack_header",
     "parse_hello",
     "parse_welcome",
+    "precompile_child",
     "qualified_type_name",
     "unpack_header",
 ]
@@ -94,3 +95,48 @@ def child_argv(module: str | None = None, *, python: str | None = None) -> list[
     if module is not None:
         argv.append(module)
     return argv
+
+
+_CHILD_MODULES = ("__init__.py", "__main__.py", "_frames.py", "_runtime.py")
+
+
+def precompile_child() -> bool:
+    """Write ``_corral_child``'s bytecode caches if they are missing or stale.
+
+    A worker that has to compile the runtime from source starts ~8 ms (70%) slower,
+    and the interpreter never writes the caches itself under PYTHONDONTWRITEBYTECODE.
+    Call once per parent process before spawning Python workers; returns False if a
+    cache could not be written (e.g. a read-only install), which is harmless.
+    """
+    import importlib.util
+    import py_compile
+
+    pkg = os.path.dirname(os.path.abspath(_corral_child.__file__))
+    ok = True
+    for name in _CHILD_MODULES:
+        source = os.path.join(pkg, name)
+        try:
+            cache = importlib.util.cache_from_source(source)
+            st = os.stat(source)
+            try:
+                with open(cache, "rb") as f:
+                    header = f.read(16)
+            except OSError:
+                header = b""
+            fresh = (
+                len(header) == 16
+                and header[:4] == importlib.util.MAGIC_NUMBER
+                and int.from_bytes(header[4:8], "little") == 0  # timestamp-based pyc
+                and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+                and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF
+            )
+            if not fresh:
+                py_compile.compile(
+                    source,
+                    cfile=cache,
+                    doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
+                )
+        except (OSError, py_compile.PyCompileError):
+            ok = False
+    return ok
