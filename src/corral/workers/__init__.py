@@ -1,1 +1,22 @@
 """Worker processes and the pool; builds on corral.supervisor."""
+
+from corral.workers._circuit import CircuitBreaker, CircuitState
+from corral.workers._launch import Command, PythonModule
+from corral.workers._pool import Lease, Pool, PoolStatistics, WorkerEvent, open_pool
+from corral.workers._worker import InitTimeout, Worker, WorkerInfo, WorkerState
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitState",
+    "Command",
+    "InitTimeout",
+    "Lease",
+    "Pool",
+    "PoolStatistics",
+    "PythonModule",
+    "Worker",
+    "WorkerEvent",
+    "WorkerInfo",
+    "WorkerState",
+    "open_pool",
+]

@@ -78,6 +78,15 @@ class Process:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def has_exited(self) -> bool:
+        """Cheap check (no reaping) whether the process is already dead."""
+        if self.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
     def signal(self, sig: int) -> None:
         if self.returncode is None:
             try:

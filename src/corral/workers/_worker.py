@@ -116,7 +116,7 @@ class Worker:
         max_frame: int = frames.DEFAULT_MAX_FRAME,
         capture_stderr: bool = True,
         stderr_lines: int = 200,
-        on_state: Callable[[Worker, WorkerState], None] | None = None,
+        on_state: Callable[[Worker, WorkerState, WorkerState], None] | None = None,
     ) -> None:
         self.id = worker_id or f"w{next(_ids)}"
         self._launcher = launcher
@@ -160,9 +160,9 @@ class Worker:
             return
         if new not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"worker {self.id}: {self.state.name} -> {new.name}")
-        self.state = new
+        old, self.state = self.state, new
         if self._on_state is not None:
-            self._on_state(self, new)
+            self._on_state(self, old, new)
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.id, self.pid, self.state, self.served, self.started_at, self.last_exit)
@@ -172,7 +172,10 @@ class Worker:
 
     @property
     def available(self) -> bool:
-        return self.state is WorkerState.READY
+        """READY and its process still alive (a death may not be noticed yet)."""
+        return (
+            self.state is WorkerState.READY and self._proc is not None and not self._proc.has_exited()
+        )
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""The circuit breaker: stop hammering a start-up that keeps failing.
+
+When workers fail to start ``threshold`` times in a row (spawn error, init error,
+init timeout), the circuit opens: calls that would wait for a new worker fail fast
+with ``CircuitOpen`` and no start is attempted for ``cooldown`` seconds. Then one
+trial start is let through (half-open): its success closes the circuit, its failure
+opens it again.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import attrs
+import trio
+
+from corral._errors import InvalidSpec
+
+
+@attrs.frozen
+class CircuitBreaker:
+    threshold: int = 5
+    cooldown: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or self.threshold < 1:
+            raise InvalidSpec("circuit_breaker.threshold", f"must be an int >= 1, got {self.threshold!r}")
+        if not isinstance(self.cooldown, int | float) or math.isnan(self.cooldown) or self.cooldown < 0:
+            raise InvalidSpec("circuit_breaker.cooldown", f"must be seconds >= 0, got {self.cooldown!r}")
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+_C = CircuitState
+#: Every legal move of the circuit, in one place.
+TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
+    _C.CLOSED: frozenset({_C.OPEN}),
+    _C.OPEN: frozenset({_C.HALF_OPEN}),
+    _C.HALF_OPEN: frozenset({_C.CLOSED, _C.OPEN}),
+}
+
+
+@attrs.define
+class Circuit:
+    """The breaker's live state. ``config=None`` means never open."""
+
+    config: CircuitBreaker | None
+    state: CircuitState = CircuitState.CLOSED
+    failures: int = 0  # consecutive start failures
+    opened_at: float = 0.0
+    trial_running: bool = False
+
+    def _to(self, new: CircuitState) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"circuit: illegal {self.state.name} -> {new.name}")
+        self.state = new
+
+    def allow_start(self) -> bool:
+        """May a worker start now? Moves OPEN to HALF_OPEN when the cooldown is over."""
+        if self.config is None or self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN:
+            if trio.current_time() - self.opened_at < self.config.cooldown:
+                return False
+            self._to(CircuitState.HALF_OPEN)
+        if self.trial_running:
+            return False
+        self.trial_running = True
+        return True
+
+    def retry_in(self) -> float:
+        if self.config is None or self.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self.opened_at + self.config.cooldown - trio.current_time())
+
+    def record_success(self) -> None:
+        self.failures = 0
+        if self.state is CircuitState.HALF_OPEN:
+            self.trial_running = False
+            self._to(CircuitState.CLOSED)
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self.config is None:
+            return
+        if self.state is CircuitState.HALF_OPEN:
+            self.trial_running = False
+            self._to(CircuitState.OPEN)
+            self.opened_at = trio.current_time()
+        elif self.state is CircuitState.CLOSED and self.failures >= self.config.threshold:
+            self._to(CircuitState.OPEN)
+            self.opened_at = trio.current_time()
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is CircuitState.OPEN

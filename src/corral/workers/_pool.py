@@ -1,0 +1,760 @@
+"""The pool: a supervisor of workers plus a fair checkout queue.
+
+Each worker slot is a PERMANENT child of a one_for_one ``DynamicSupervisor``; when a
+worker dies the supervisor starts a fresh one (with backoff) and the pool hands it to
+the next waiting caller. Checkout is FIFO; sessions pin callers to the worker that
+first served them; a circuit breaker stops the pool from hammering a start-up that
+keeps failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from corral._errors import (
+    CheckoutTimeout,
+    CircuitOpen,
+    CorralError,
+    InvalidSpec,
+    PoolClosed,
+    PoolSaturated,
+    SessionLost,
+    WorkerCrashed,
+)
+from corral.supervisor._spec import Backoff, ChildSpec, Restart
+from corral.supervisor._supervisor import DynamicSupervisor, _collapse, _reraise
+from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
+from corral.workers._launch import Command, PythonModule, as_launcher
+from corral.workers._worker import Worker, WorkerInfo, WorkerState
+
+logger = logging.getLogger("corral.pool")
+
+DEFAULT_BACKOFF = Backoff(initial=0.05, maximum=2.0, multiplier=2.0, jitter=0.2, reset_after=5.0)
+_DEFAULT = object()
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A cheap snapshot, safe to log. Latencies are seconds over the last calls."""
+
+    size: int
+    workers_by_state: dict[str, int]
+    waiting: int
+    served: int
+    failed: int
+    restarts: int
+    circuit: str
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+    sessions: int
+
+
+@attrs.frozen
+class WorkerEvent:
+    """A worker changed state (``state``), or the pool did something with it (``action``)."""
+
+    pool: str
+    worker_id: str
+    pid: int | None
+    state: WorkerState
+    action: str  # "state", "checkout", "checkin", "recycle", "call"
+    detail: str = ""
+
+
+class _Waiter:
+    __slots__ = ("event", "worker")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.worker: Worker | None = None
+
+
+def _check_number(name: str, value: object, *, minimum: float = 0.0, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    if not ok or value < minimum:  # type: ignore[operator]
+        extra = " or None" if allow_none else ""
+        raise InvalidSpec(name, f"must be a number >= {minimum}{extra}, got {value!r}")
+
+
+def _check_int(name: str, value: object, *, minimum: int, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        extra = " or None" if allow_none else ""
+        raise InvalidSpec(name, f"must be an int >= {minimum}{extra}, got {value!r}")
+
+
+class Pool:
+    """A supervised pool of worker processes. Create it with ``corral.open_pool``."""
+
+    def __init__(
+        self,
+        handlers: str | Command | PythonModule | None,
+        *,
+        size: int = 4,
+        min_size: int | None = None,
+        lazy: bool = False,
+        checkout_timeout: float | None = 60.0,
+        request_timeout: float | None = None,
+        init_timeout: float = 30.0,
+        cancel_grace: float = 1.0,
+        stop_timeout: float = 5.0,
+        drain_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        max_requests: int | None = None,
+        max_age: float | None = None,
+        max_memory_mb: float | None = None,
+        max_waiting: int | None = 10_000,
+        session_ttl: float | None = 3600.0,
+        restart: Restart = Restart.PERMANENT,
+        max_restarts: int | None = None,
+        max_seconds: float = 5.0,
+        backoff: Backoff | object | None = _DEFAULT,
+        circuit_breaker: CircuitBreaker | None = CircuitBreaker(),  # noqa: B008 - frozen value
+        capture_stderr: bool = True,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        max_frame: int = 64 * 1024 * 1024,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(handlers, str | type(None)):
+            launcher: Command | PythonModule = PythonModule(handlers, env=dict(env) if env else None, cwd=cwd)
+        else:
+            launcher = as_launcher(handlers)
+            if env is not None or cwd is not None:
+                launcher = attrs.evolve(
+                    launcher,
+                    env={**(launcher.env or {}), **(env or {})},
+                    cwd=cwd if cwd is not None else launcher.cwd,
+                )
+        self._launcher = launcher
+        _check_int("size", size, minimum=1, allow_none=False)
+        _check_int("min_size", min_size, minimum=0)
+        if min_size is not None and min_size > size:
+            raise InvalidSpec("min_size", f"must be <= size ({size}), got {min_size}")
+        if not isinstance(lazy, bool):
+            raise InvalidSpec("lazy", f"must be True or False, got {lazy!r}")
+        for field, value in (
+            ("checkout_timeout", checkout_timeout),
+            ("request_timeout", request_timeout),
+            ("max_age", max_age),
+            ("max_memory_mb", max_memory_mb),
+            ("session_ttl", session_ttl),
+        ):
+            _check_number(field, value)
+        for field, value in (
+            ("init_timeout", init_timeout),
+            ("cancel_grace", cancel_grace),
+            ("stop_timeout", stop_timeout),
+            ("drain_timeout", drain_timeout),
+            ("idle_timeout", idle_timeout),
+            ("max_seconds", max_seconds),
+        ):
+            _check_number(field, value, allow_none=False)
+        _check_int("max_requests", max_requests, minimum=1)
+        _check_int("max_waiting", max_waiting, minimum=0)
+        _check_int("max_restarts", max_restarts, minimum=0)
+        _check_int("max_frame", max_frame, minimum=1024, allow_none=False)
+        if not isinstance(restart, Restart):
+            raise InvalidSpec("restart", f"must be a corral.Restart, got {restart!r}")
+        if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+            raise InvalidSpec(
+                "circuit_breaker", f"must be corral.CircuitBreaker(...) or None, got {circuit_breaker!r}"
+            )
+        if backoff is _DEFAULT:
+            backoff = DEFAULT_BACKOFF
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise InvalidSpec("backoff", f"must be corral.Backoff(...) or None, got {backoff!r}")
+        if max_restarts is None:
+            # Unlimited restarts are only safe with a delay between them.
+            max_restarts = sys.maxsize if backoff is not None else 10 * size
+        self.name = name or "pool"
+        self.size = size
+        self.min_size = size if min_size is None and not lazy else (min_size or 0)
+        self.lazy = lazy
+        self.checkout_timeout = checkout_timeout
+        self.request_timeout = request_timeout
+        self.init_timeout = init_timeout
+        self.cancel_grace = cancel_grace
+        self.stop_timeout = stop_timeout
+        self.drain_timeout = drain_timeout
+        self.idle_timeout = idle_timeout
+        self.max_requests = max_requests
+        self.max_age = max_age
+        self.max_memory_bytes = None if max_memory_mb is None else int(max_memory_mb * 1024 * 1024)
+        self.max_waiting = max_waiting
+        self.session_ttl = session_ttl
+        self.restart = restart
+        self.capture_stderr = capture_stderr
+        self.max_frame = max_frame
+        self._sup = DynamicSupervisor(
+            max_children=size,
+            max_restarts=max_restarts,
+            max_seconds=max_seconds,
+            backoff=backoff,
+            name=f"{self.name}.supervisor",
+        )
+        self._circuit = Circuit(circuit_breaker)
+        self._slot_ids = itertools.count(1)
+        self._incarnations = itertools.count(1)
+        self._workers: dict[str, Worker] = {}  # live incarnations by worker id
+        self._idle: deque[Worker] = deque()
+        self._idle_since: dict[Worker, float] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._session_waiters: dict[Worker, deque[_Waiter]] = {}
+        self._sessions: dict[Hashable, tuple[Worker, float]] = {}
+        self._lost_sessions: set[Hashable] = set()
+        self._leased: set[Worker] = set()
+        self._pending_slots = 0
+        self._closed = False
+        self._open = False
+        self._nursery: trio.Nursery | None = None
+        self._drained = trio.Event()
+        self._latencies: deque[float] = deque(maxlen=2048)
+        self._served = 0
+        self._failed = 0
+        self._subscribers: list[Callable[[WorkerEvent], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name!r} size={self.size} workers={len(self._workers)}>"
+
+    # -- events ------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[WorkerEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every worker event; returns the unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    @property
+    def supervisor(self) -> DynamicSupervisor:
+        """The supervisor that restarts the workers (its events, its children)."""
+        return self._sup
+
+    def _emit(self, worker: Worker, action: str, detail: str = "") -> None:
+        if self._subscribers:
+            event = WorkerEvent(self.name, worker.id, worker.pid, worker.state, action, detail)
+            for callback in list(self._subscribers):
+                callback(event)
+        if action != "call" and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("[%s] %s %s %s %s", self.name, worker.id, action, worker.state.name, detail)
+
+    # -- worker slots ----------------------------------------------------------
+
+    async def _slot(self, *, task_status: trio.TaskStatus[Worker]) -> None:
+        """One supervised slot: a fresh Worker each time the supervisor (re)starts it."""
+        if not self._circuit.allow_start():
+            raise CircuitOpen(
+                f"pool {self.name!r}: workers keep failing to start; next try in "
+                f"{self._circuit.retry_in():.1f} s"
+            )
+        worker = Worker(
+            self._launcher,
+            worker_id=f"w{next(self._incarnations)}",
+            init_timeout=self.init_timeout,
+            request_timeout=self.request_timeout,
+            cancel_grace=self.cancel_grace,
+            stop_timeout=self.stop_timeout,
+            max_frame=self.max_frame,
+            capture_stderr=self.capture_stderr,
+            on_state=self._on_worker_state,
+        )
+        self._workers[worker.id] = worker
+        try:
+            await worker.run(task_status=task_status)
+        finally:
+            self._forget(worker)
+            if worker.ready_at is None:
+                self._circuit.record_failure()
+                self._wake_for_circuit()
+
+    def _on_worker_state(self, worker: Worker, old: WorkerState, new: WorkerState) -> None:
+        self._emit(worker, "state", f"{old.name} -> {new.name}")
+        if new is WorkerState.READY:
+            if old is WorkerState.STARTING:
+                self._circuit.record_success()
+            if worker not in self._leased:
+                # Fresh, or back from an interrupted call whose caller has left.
+                self._checkin(worker)
+        elif new in (WorkerState.FAILED, WorkerState.STOPPED):
+            self._forget(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        if self._workers.pop(worker.id, None) is None:
+            return
+        self._leased.discard(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        self._idle_since.pop(worker, None)
+        for session, (bound, _) in list(self._sessions.items()):
+            if bound is worker:
+                del self._sessions[session]
+                self._lost_sessions.add(session)
+        for waiter in self._session_waiters.pop(worker, ()):
+            waiter.event.set()  # woken without a worker: SessionLost
+        if self._closed and not self._leased:
+            self._drained.set()
+
+    def _wake_for_circuit(self) -> None:
+        """When the circuit opens, callers waiting for a new worker fail fast."""
+        if not self._circuit.is_open or self._workers:
+            return
+        while self._waiters:
+            self._waiters.popleft().event.set()
+
+    async def _add_slot(self) -> None:
+        spec = ChildSpec(
+            f"slot{next(self._slot_ids)}",
+            self._slot,
+            restart=self.restart,
+            shutdown=self.stop_timeout + 2.0,
+        )
+        await self._sup.start_child(spec)
+
+    def _ensure_capacity(self) -> None:
+        """Lazy pools: start workers for waiting callers, up to ``size``."""
+        if self._closed or self._nursery is None or self._circuit.is_open:
+            return
+        while (
+            self._pending_slots < len(self._waiters)
+            and self._sup.count_children().specs + self._pending_slots < self.size
+        ):
+            self._pending_slots += 1
+            self._nursery.start_soon(self._add_slot_on_demand)
+
+    async def _add_slot_on_demand(self) -> None:
+        try:
+            await self._add_slot()
+        except CorralError as exc:
+            logger.warning("[%s] a worker failed to start: %s", self.name, exc.__cause__ or exc)
+        finally:
+            self._pending_slots -= 1
+        if self._waiters:
+            self._wake_for_circuit()
+            self._ensure_capacity()
+
+    async def _recycle(self, worker: Worker) -> None:
+        """A planned replacement (max_requests, max_age, max_memory_mb): not a restart."""
+        self._emit(worker, "recycle")
+        slot = self._slot_of(worker)
+        if slot is None:
+            worker.stop()
+            return
+        try:
+            await self._sup.terminate_child(slot)
+            if not self._closed and self._sup.count_children().specs < max(self.min_size, 1):
+                await self._add_slot()
+            elif not self._closed and self._waiters:
+                self._ensure_capacity()
+                if self._pending_slots == 0 and self._sup.count_children().specs < self.size:
+                    await self._add_slot()
+        except CorralError as exc:
+            logger.warning("[%s] recycling %s: %s", self.name, worker.id, exc)
+
+    # -- checkout --------------------------------------------------------------
+
+    def _checkin(self, worker: Worker) -> None:
+        """A READY worker is free: hand it to the first waiter that may use it."""
+        self._leased.discard(worker)
+        if worker.state is not WorkerState.READY or worker.id not in self._workers:
+            return
+        if self._recycle_due(worker):
+            self._nursery_start(self._recycle, worker)
+            return
+        queue = self._session_waiters.get(worker)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.event.is_set():
+                self._lease(worker, waiter)
+                return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.event.is_set():
+                self._lease(worker, waiter)
+                return
+        self._idle.append(worker)
+        self._idle_since[worker] = trio.current_time()
+
+    def _lease(self, worker: Worker, waiter: _Waiter) -> None:
+        self._leased.add(worker)
+        waiter.worker = worker
+        waiter.event.set()
+
+    def _recycle_due(self, worker: Worker) -> bool:
+        if self._closed:
+            return False
+        if self.max_requests is not None and worker.served >= self.max_requests:
+            return True
+        if (
+            self.max_age is not None
+            and worker.ready_at is not None
+            and trio.current_time() - worker.ready_at >= self.max_age
+        ):
+            return True
+        if self.max_memory_bytes is not None:
+            rss = worker.rss_bytes()
+            if rss is not None and rss > self.max_memory_bytes:
+                return True
+        return False
+
+    def _check_open(self) -> None:
+        if self._closed or not self._open:
+            raise PoolClosed(
+                f"pool {self.name!r} is closed; use it inside its `async with corral.open_pool(...)` block"
+            )
+
+    async def _acquire(self, session: Hashable | None, timeout: float | None) -> Worker:
+        self._check_open()
+        if session is not None:
+            if session in self._lost_sessions:
+                self._lost_sessions.discard(session)
+                raise SessionLost(
+                    f"the worker that held session {session!r} died; its state is gone. "
+                    "The next call binds the session to a new worker."
+                )
+            bound = self._sessions.get(session)
+            if bound is not None:
+                worker, last = bound
+                if self.session_ttl is not None and trio.current_time() - last > self.session_ttl:
+                    del self._sessions[session]
+                else:
+                    return await self._acquire_specific(session, worker, timeout)
+        worker = await self._acquire_any(timeout)
+        if session is not None:
+            self._sessions[session] = (worker, trio.current_time())
+        return worker
+
+    def _take_idle(self) -> Worker | None:
+        while self._idle:
+            worker = self._idle.popleft()
+            self._idle_since.pop(worker, None)
+            if worker.available and worker.id in self._workers:
+                self._leased.add(worker)
+                return worker
+        return None
+
+    async def _acquire_any(self, timeout: float | None) -> Worker:
+        worker = self._take_idle()
+        if worker is not None:
+            await trio.lowlevel.checkpoint()
+            return worker
+        if self._circuit.is_open and not self._workers:
+            raise CircuitOpen(
+                f"pool {self.name!r}: workers keep failing to start; calls fail fast for "
+                f"{self._circuit.retry_in():.1f} s more"
+            )
+        if self.max_waiting is not None and len(self._waiters) >= self.max_waiting:
+            raise PoolSaturated(
+                f"pool {self.name!r}: {len(self._waiters)} callers already wait for a worker "
+                f"(max_waiting={self.max_waiting}); shed load or raise max_waiting"
+            )
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        self._ensure_capacity()
+        return await self._wait(waiter, timeout, None)
+
+    async def _acquire_specific(self, session: Hashable, worker: Worker, timeout: float | None) -> Worker:
+        if worker in self._idle:
+            self._idle.remove(worker)
+            self._idle_since.pop(worker, None)
+            self._leased.add(worker)
+            self._sessions[session] = (worker, trio.current_time())
+            await trio.lowlevel.checkpoint()
+            return worker
+        waiter = _Waiter()
+        self._session_waiters.setdefault(worker, deque()).append(waiter)
+        got = await self._wait(waiter, timeout, session)
+        self._sessions[session] = (got, trio.current_time())
+        return got
+
+    async def _wait(self, waiter: _Waiter, timeout: float | None, session: Hashable | None) -> Worker:
+        if timeout is None:
+            timeout = self.checkout_timeout
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await waiter.event.wait()
+        except BaseException:
+            if waiter.worker is not None:  # handed a worker just as we were cancelled
+                self._release(waiter.worker)
+            self._abandon(waiter)
+            raise
+        if waiter.worker is None:
+            self._abandon(waiter)
+            if self._closed:
+                raise PoolClosed(f"pool {self.name!r} closed while the caller waited")
+            if session is not None and session in self._lost_sessions:
+                self._lost_sessions.discard(session)
+                raise SessionLost(f"the worker that held session {session!r} died while the caller waited")
+            if self._circuit.is_open and not self._workers:
+                raise CircuitOpen(f"pool {self.name!r}: workers keep failing to start")
+            raise CheckoutTimeout(
+                f"pool {self.name!r}: no worker became free within checkout_timeout={timeout} s "
+                f"({len(self._workers)} workers, {len(self._waiters)} callers waiting)"
+            )
+        return waiter.worker
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        waiter.event.set()  # set without a worker: _checkin skips it
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def _release(self, worker: Worker) -> None:
+        self._leased.discard(worker)
+        self._emit(worker, "checkin")
+        if worker.state is WorkerState.READY:
+            self._checkin(worker)
+        # else: an interrupted call is unwinding (checked in when READY) or it died.
+        if self._closed and not self._leased:
+            self._drained.set()
+
+    # -- the API ---------------------------------------------------------------
+
+    async def call(
+        self, name: str, *args: Any, session: Hashable | None = None, timeout: float | None = None
+    ) -> Any:
+        """Run ``name(*args)`` from the handler module in a worker; return its result.
+
+        ``session`` pins the call to the worker that served that session before.
+        ``timeout`` overrides ``request_timeout`` for this call.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"pool.call() takes the handler's name as a str, got {name!r}")
+        worker = await self._acquire(session, None)
+        start = trio.current_time()
+        try:
+            result = await worker.call(name, *args, timeout=timeout)
+        except (WorkerCrashed, CorralError):
+            self._failed += 1
+            raise
+        finally:
+            self._release(worker)
+        self._served += 1
+        self._latencies.append(trio.current_time() - start)
+        return result
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        """Run a picklable callable in a worker (Python runtime only); return its result."""
+        worker = await self._acquire(None, None)
+        start = trio.current_time()
+        try:
+            result = await worker.run_sync(fn, *args, timeout=timeout)
+        except CorralError:
+            self._failed += 1
+            raise
+        finally:
+            self._release(worker)
+        self._served += 1
+        self._latencies.append(trio.current_time() - start)
+        return result
+
+    @asynccontextmanager
+    async def checkout(
+        self, session: Hashable | None = None, timeout: float | None = None
+    ) -> AsyncIterator[Lease]:
+        """An exclusive lease on one worker for several calls."""
+        worker = await self._acquire(session, timeout)
+        lease = Lease(worker, self)
+        self._emit(worker, "checkout")
+        try:
+            yield lease
+        finally:
+            lease._valid = False
+            self._release(worker)
+
+    def workers(self) -> list[WorkerInfo]:
+        return [w.info() for w in self._workers.values()]
+
+    def statistics(self) -> PoolStatistics:
+        by_state = {state.name: 0 for state in WorkerState}
+        for w in self._workers.values():
+            by_state[w.state.name] += 1
+        lat = sorted(self._latencies)
+
+        def pct(p: float) -> float | None:
+            if not lat:
+                return None
+            return lat[min(len(lat) - 1, int(p * len(lat)))]
+
+        return PoolStatistics(
+            size=self.size,
+            workers_by_state=by_state,
+            waiting=sum(1 for w in self._waiters if not w.event.is_set())
+            + sum(1 for q in self._session_waiters.values() for w in q if not w.event.is_set()),
+            served=self._served,
+            failed=self._failed,
+            restarts=sum(info.restarts for info in self._sup.which_children()),
+            circuit=self._circuit.state.value,
+            latency_p50=pct(0.50),
+            latency_p90=pct(0.90),
+            latency_p99=pct(0.99),
+            sessions=len(self._sessions),
+        )
+
+    @property
+    def circuit_state(self) -> CircuitState:
+        return self._circuit.state
+
+    # -- running ---------------------------------------------------------------
+
+    async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._sup.run)
+            if not self.lazy:
+                await self._start_eagerly()
+            elif self.min_size:
+                await self._start_eagerly(self.min_size)
+            self._open = True
+            nursery.start_soon(self._housekeeping)
+            task_status.started()
+
+    async def _start_eagerly(self, count: int | None = None) -> None:
+        """Start every worker at once; fail the open if any of them cannot start."""
+        failures: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await self._add_slot()
+            except CorralError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count if count is not None else self.size):
+                nursery.start_soon(one)
+        if failures:
+            raise failures[0]
+
+    async def _housekeeping(self) -> None:
+        """Idle shrink (lazy pools), age-based recycling of idle workers, session expiry."""
+        while True:
+            await trio.sleep(min(1.0, self.idle_timeout / 2))
+            now = trio.current_time()
+            if self.lazy:
+                for worker, since in list(self._idle_since.items()):
+                    if now - since >= self.idle_timeout and len(self._workers) > self.min_size:
+                        self._idle.remove(worker)
+                        self._idle_since.pop(worker, None)
+                        slot = self._slot_of(worker)
+                        if slot is not None:
+                            self._nursery_start(self._shrink, slot)
+            for worker in list(self._idle):
+                if self._recycle_due(worker):
+                    self._idle.remove(worker)
+                    self._idle_since.pop(worker, None)
+                    self._emit(worker, "recycle")
+                    worker.stop()
+            if self.session_ttl is not None:
+                for session, (_, last) in list(self._sessions.items()):
+                    if now - last > self.session_ttl:
+                        del self._sessions[session]
+
+    def _nursery_start(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    def _slot_of(self, worker: Worker) -> Hashable | None:
+        for info in self._sup.which_children():
+            if info.value is worker:
+                return info.id
+        return None
+
+    async def _shrink(self, slot: Hashable) -> None:
+        try:
+            await self._sup.terminate_child(slot)
+        except CorralError:
+            pass
+
+    async def _close(self) -> None:
+        """Stop taking calls, let running ones finish (drain_timeout), stop the workers."""
+        self._closed = True
+        for waiter in list(self._waiters):
+            waiter.event.set()
+        for queue in self._session_waiters.values():
+            for waiter in queue:
+                waiter.event.set()
+        if self._leased:
+            with trio.move_on_after(self.drain_timeout):
+                await self._drained.wait()
+        await self._sup.stop()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+
+class Lease:
+    """Exclusive use of one worker inside ``async with pool.checkout()``."""
+
+    def __init__(self, worker: Worker, pool: Pool) -> None:
+        self._worker = worker
+        self._pool = pool
+        self._valid = True
+
+    @property
+    def id(self) -> str:
+        return self._worker.id
+
+    @property
+    def pid(self) -> int | None:
+        return self._worker.pid
+
+    def _check(self) -> Worker:
+        if not self._valid:
+            raise PoolClosed("this lease has ended; take a new one with pool.checkout()")
+        return self._worker
+
+    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        return await self._check().call(name, *args, timeout=timeout)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        return await self._check().run_sync(fn, *args, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"<Lease of {self._worker!r}>"
+
+
+@asynccontextmanager
+async def open_pool(handlers: str | Command | PythonModule | None, **options: Any) -> AsyncIterator[Pool]:
+    """Run a pool of supervised worker processes for the duration of the block.
+
+    Eager (default): the body runs once every worker is READY. A pool that cannot
+    open raises one ``CorralError``; leaving the block drains running calls and stops
+    the workers; any use afterwards raises ``PoolClosed``.
+    """
+    pool = Pool(handlers, **options)
+    started_at = time.monotonic()
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(pool._run)
+            except BaseException:
+                pool._closed = True
+                raise
+            logger.info(
+                "[%s] open: %d worker(s) ready in %.3f s",
+                pool.name,
+                len(pool._workers),
+                time.monotonic() - started_at,
+            )
+            try:
+                yield pool
+            finally:
+                await pool._close()
+    except BaseExceptionGroup as group:
+        _reraise(_collapse(group))
+    finally:
+        pool._closed = True
+        pool._open = False
