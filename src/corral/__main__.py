@@ -12,8 +12,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Erlang/OTP-style supervision trees and worker pools for Trio.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="watch a supervision tree restart crashing children")
-    demo.add_argument("--seconds", type=float, default=8.0, help="how long the demo runs")
+    demo = sub.add_parser("demo", help="a supervised pool under load while faults are injected")
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long the demo runs")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from corral._demo import run_demo
