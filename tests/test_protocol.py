@@ -161,11 +161,10 @@ def _time_big_frame(size: int, chunk: int = 64 * 1024) -> float:
 
 
 def test_big_frames_in_small_chunks_are_linear() -> None:
-    t1 = _time_big_frame(1 << 20)
-    t16 = _time_big_frame(16 << 20)
-    # Linear: ~16x. Quadratic buffering would be ~256x.
-    assert t16 < 60 * max(t1, 1e-4), (t1, t16)
-    assert t16 < 2.0
+    # 16 MiB in 4 KiB pieces: linear buffering copies ~16 MiB (tens of ms); re-copying
+    # the buffer on every feed would copy ~32 GiB (many seconds). A wide margin, not a
+    # speed goal: no flakiness from caches or a loaded machine.
+    assert _time_big_frame(16 << 20, chunk=4096) < 2.0
 
 
 def test_decoder_compacts_its_buffer() -> None:
