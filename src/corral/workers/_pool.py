@@ -282,7 +282,8 @@ class Pool:
                 self._wake_for_circuit()
 
     def _on_worker_state(self, worker: Worker, old: WorkerState, new: WorkerState) -> None:
-        self._emit(worker, "state", f"{old.name} -> {new.name}")
+        if self._subscribers or logger.isEnabledFor(logging.DEBUG):
+            self._emit(worker, "state", f"{old.name} -> {new.name}")
         if new is WorkerState.READY:
             if old is WorkerState.STARTING:
                 self._circuit.record_success()
@@ -449,7 +450,7 @@ class Pool:
     async def _acquire_any(self, timeout: float | None) -> Worker:
         worker = self._take_idle()
         if worker is not None:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()  # the call itself schedules
             return worker
         if self._circuit.is_open and not self._workers:
             raise CircuitOpen(
@@ -515,7 +516,8 @@ class Pool:
 
     def _release(self, worker: Worker) -> None:
         self._leased.discard(worker)
-        self._emit(worker, "checkin")
+        if self._subscribers:
+            self._emit(worker, "checkin")
         if worker.state is WorkerState.READY:
             self._checkin(worker)
         # else: an interrupted call is unwinding (checked in when READY) or it died.

@@ -53,8 +53,12 @@ class Process:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
         self.pid = self._popen.pid
-        self.stdin = trio.lowlevel.FdStream(in_w)
-        self.stdout = trio.lowlevel.FdStream(out_r)
+        # Requests and replies use the raw non-blocking fds: the worker's hot path does
+        # its own os.write/os.read with one wait_readable per call. stderr is a stream.
+        os.set_blocking(in_w, False)
+        os.set_blocking(out_r, False)
+        self.stdin_fd: int | None = in_w
+        self.stdout_fd: int | None = out_r
         self.stderr = trio.lowlevel.FdStream(err_r)
         self._pidfd: int | None = None
         if _HAVE_PIDFD:
@@ -123,8 +127,13 @@ class Process:
 
     async def aclose(self) -> None:
         """Close our pipe ends and the pidfd. The process must be gone already."""
-        for stream in (self.stdin, self.stdout, self.stderr):
-            await stream.aclose()
+        for name in ("stdin_fd", "stdout_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+        await self.stderr.aclose()
         if self._pidfd is not None:
             trio.lowlevel.notify_closing(self._pidfd)
             os.close(self._pidfd)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import os
 import pickle
 import signal
 import time
@@ -138,11 +139,11 @@ class Worker:
         self._proc: Process | None = None
         self._codec: frames.Codec = frames.get_codec("json")
         self._decoder = frames.FrameDecoder(_HANDSHAKE_MAX)
-        self._early: deque[bytes] = deque()
+        self._frames: deque[bytes] = deque()
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._slot = trio.Semaphore(1)  # one call in flight: SIGINT is never ambiguous
-        self._send_lock = trio.StrictFIFOLock()
+        self._write_lock = trio.StrictFIFOLock()
         self._ended = trio.Event()
         self._stderr_done = trio.Event()
         self._fatal: BaseException | None = None
@@ -173,9 +174,7 @@ class Worker:
     @property
     def available(self) -> bool:
         """READY and its process still alive (a death may not be noticed yet)."""
-        return (
-            self.state is WorkerState.READY and self._proc is not None and not self._proc.has_exited()
-        )
+        return self.state is WorkerState.READY and self._proc is not None and not self._proc.has_exited()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -205,7 +204,6 @@ class Worker:
                     await self._handshake(proc, launch)
                     self._to(WorkerState.READY)
                     task_status.started(self)
-                    nursery.start_soon(self._read_replies, proc)
                     await self._ended.wait()
                     try:
                         await self._finish(proc)
@@ -314,24 +312,60 @@ class Worker:
     # -- the channel -----------------------------------------------------------
 
     async def _send(self, payload: bytes) -> None:
+        """Write one frame. Small frames are one os.write, no scheduling at all."""
         assert self._proc is not None
         header = frames.pack_header(len(payload), self.max_frame)
-        async with self._send_lock:
+        lock = self._write_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if len(payload) < 65536:
-                await self._proc.stdin.send_all(header + payload)
+                await self._write_all(header + payload)
             else:
-                await self._proc.stdin.send_all(header)
-                await self._proc.stdin.send_all(payload)
+                await self._write_all(header)
+                await self._write_all(payload)
+        finally:
+            lock.release()
 
-    async def _read_frame(self, proc: Process) -> bytes:
-        """Handshake only: the next frame, straight from stdout."""
-        while True:
-            if self._early:
-                return self._early.popleft()
-            data = await proc.stdout.receive_some(65536)
+    async def _write_all(self, data: bytes) -> None:
+        assert self._proc is not None
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            fd = self._proc.stdin_fd
+            if fd is None:
+                raise trio.ClosedResourceError("the worker's stdin is closed")
+            try:
+                sent += os.write(fd, view[sent:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"worker {self.id}: stdin: {exc}") from exc
+
+    async def _next_frame(self) -> bytes:
+        """The next frame from the worker's stdout (read by whoever holds the slot)."""
+        frames_ = self._frames
+        while not frames_:
+            assert self._proc is not None
+            fd = self._proc.stdout_fd
+            if fd is None:
+                raise _EOF
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    raise _EOF from None
+                continue
+            except OSError:
+                raise _EOF from None
             if not data:
                 raise _EOF
-            self._early.extend(self._feed(data))
+            frames_.extend(self._feed(data))
+        return frames_.popleft()
 
     def _feed(self, data: bytes) -> list[bytes]:
         try:
@@ -343,7 +377,7 @@ class Worker:
         try:
             with trio.fail_after(self.init_timeout):
                 try:
-                    hello = frames.parse_hello(await self._read_frame(proc))
+                    hello = frames.parse_hello(await self._next_frame())
                     codec_name = frames.choose_codec(hello["codecs"], launch.codecs)
                 except frames.ProtocolError as exc:
                     raise ProtocolError(f"worker {self.id}: bad hello: {exc}") from exc
@@ -357,7 +391,7 @@ class Worker:
                 )
                 await self._send(frames.encode_json_object(welcome))
                 self._decoder.max_frame = self.max_frame
-                reply = self._loads(await self._read_frame(proc))
+                reply = self._loads(await self._next_frame())
         except trio.TooSlowError:
             proc.signal_group(signal.SIGKILL)
             await self._settle(proc)
@@ -393,7 +427,6 @@ class Worker:
             raise init_error
         if reply[0] != "ready":
             raise self._protocol_failure(proc, f"expected a ready frame, got {reply!r:.200}")
-        self._early.clear()
         self.ready_at = trio.current_time()
 
     def _protocol_failure(self, proc: Process, message: str) -> ProtocolError:
@@ -442,45 +475,6 @@ class Worker:
             if isinstance(original, BaseException):
                 error.__cause__ = original
         return error
-
-    async def _read_replies(self, proc: Process) -> None:
-        pending = self._pending
-        try:
-            while True:
-                data = await proc.stdout.receive_some(262144)
-                if not data:
-                    break
-                for frame in self._feed(data):
-                    msg = self._loads(frame)
-                    try:
-                        kind = msg[0]
-                        waiter = pending.pop(msg[1])
-                    except (TypeError, IndexError, KeyError):
-                        raise ProtocolError(
-                            f"worker {self.id}: reply for no request in flight: {msg!r:.200}"
-                        ) from None
-                    if kind == "ok" or kind == "pong":
-                        waiter.result = msg[2] if len(msg) > 2 else None
-                        self.served += 1
-                    elif kind == "error":
-                        waiter.error = self._remote_error(msg[2])
-                        self.served += 1
-                    elif kind == "cancelled":
-                        # Its caller has already left; nobody reads this.
-                        waiter.error = RemoteError("KeyboardInterrupt", "the call was interrupted")
-                    else:
-                        raise ProtocolError(f"worker {self.id}: unknown reply kind {kind!r:.50}")
-                    waiter.done.set()
-                    self._slot.release()
-                    if self.state is WorkerState.BUSY:
-                        self._to(WorkerState.READY)
-        except ProtocolError as exc:
-            proc.signal_group(signal.SIGKILL)
-            self._end(exc)
-            return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        self._end(None)
 
     async def _pump_stderr(self, proc: Process) -> None:
         """Worker output → logging and the ring buffer crash reports quote."""
@@ -531,10 +525,18 @@ class Worker:
         raise WorkerCrashed(f"worker {self.id} is {self.state.name}; it takes no calls")
 
     async def _request(self, kind: str, target: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """The hot path: the caller holding the slot writes its frame and reads its reply."""
         self._check_usable()
-        await self._slot.acquire()
+        slot = self._slot
+        try:
+            slot.acquire_nowait()
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except trio.WouldBlock:
+            await slot.acquire()
+        except BaseException:
+            slot.release()
+            raise
         request_id = next(self._ids)
-        waiter = _Pending()
         try:
             self._check_usable()
             if kind == "ping":
@@ -542,40 +544,74 @@ class Worker:
             else:
                 payload = self._codec.raw_dumps((kind, request_id, target, args))
         except BaseException:
-            self._slot.release()
+            slot.release()
             raise
+        waiter = _Pending()
         self._pending[request_id] = waiter
         self._to(WorkerState.BUSY)
-        try:
-            await self._send(payload)
-        except BaseException as exc:
-            # Possibly half a frame on the pipe: the channel is unusable from here on.
-            self._kill(WorkerCrashed(f"worker {self.id}: a request was cut off mid-frame"))
-            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
-                await self._ended.wait()
-                raise self._fatal or WorkerCrashed(f"worker {self.id} died") from exc
-            raise
         if timeout is None:
             timeout = self.request_timeout
+        written = False
         try:
             if timeout is None:
-                await waiter.done.wait()
+                await self._send(payload)
+                written = True
+                msg = await self._reply_for(request_id)
             else:
-                with trio.fail_after(timeout):
-                    await waiter.done.wait()
-        except trio.TooSlowError:
-            error = RequestTimeout(
-                f"worker {self.id}: {kind} {target if kind == 'call' else ''} took longer than "
-                f"{timeout} s; the worker was killed and will be replaced"
-            )
-            self._kill(error)
-            raise error from None
+                with trio.move_on_after(timeout) as scope:
+                    await self._send(payload)
+                    written = True
+                    msg = await self._reply_for(request_id)
+            if timeout is not None and scope.cancelled_caught:
+                error = RequestTimeout(
+                    f"worker {self.id}: {kind} {target if kind == 'call' else ''} took longer than "
+                    f"{timeout} s; the worker was killed and will be replaced"
+                )
+                self._kill(error)
+                raise error
         except trio.Cancelled:
-            self._interrupt(request_id, waiter)
+            if written:
+                self._interrupt(request_id, waiter)
+            else:  # possibly half a frame on the pipe: the channel is unusable now
+                self._kill(WorkerCrashed(f"worker {self.id}: a request was cut off mid-frame"))
             raise
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
+        except (_EOF, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end(None)
+            with trio.CancelScope(shield=True):
+                await waiter.done.wait()
+            assert waiter.error is not None
+            raise waiter.error from None
+        except ProtocolError as exc:
+            self._kill(exc)
+            raise
+        return self._settle_reply(request_id, msg)
+
+    async def _reply_for(self, request_id: int) -> Any:
+        msg = self._loads(await self._next_frame())
+        if type(msg) not in (tuple, list) or len(msg) < 2 or msg[1] != request_id:
+            raise ProtocolError(
+                f"worker {self.id}: expected the reply to request {request_id}, got {msg!r:.200}"
+            )
+        return msg
+
+    def _settle_reply(self, request_id: int, msg: Any) -> Any:
+        """Turn a reply into a result or an exception; free the slot."""
+        self._pending.pop(request_id, None)
+        kind = msg[0]
+        self._slot.release()
+        if self.state is WorkerState.BUSY:
+            self._to(WorkerState.READY)
+        if kind == "ok" or kind == "pong":
+            self.served += 1
+            return msg[2] if len(msg) > 2 else None
+        if kind == "error":
+            self.served += 1
+            raise self._remote_error(msg[2] if len(msg) > 2 else None)
+        if kind == "cancelled":
+            raise RemoteError("KeyboardInterrupt", "the call was interrupted in the worker")
+        error = ProtocolError(f"worker {self.id}: unknown reply kind {kind!r:.50}")
+        self._kill(error)
+        raise error
 
     def _kill(self, error: BaseException) -> None:
         if self._proc is not None:
@@ -583,21 +619,31 @@ class Worker:
         self._end(error)
 
     def _interrupt(self, request_id: int, waiter: _Pending) -> None:
-        """The caller was cancelled: SIGINT the call; kill the worker if it does not
-        come back within ``cancel_grace``. The caller does not wait for any of this."""
+        """The caller was cancelled: SIGINT the call, and read its reply in the background
+        (the slot stays taken until then). No reply within ``cancel_grace``: kill.
+        The caller does not wait for any of this."""
         if waiter.done.is_set() or self._proc is None or self._nursery is None:
             return
         self._proc.signal(signal.SIGINT)
 
-        async def grace() -> None:
+        async def drain() -> None:
+            msg = None
             with trio.move_on_after(self.cancel_grace):
-                await waiter.done.wait()
-            if not waiter.done.is_set():
+                try:
+                    msg = await self._reply_for(request_id)
+                except (_EOF, ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    msg = None
+            if msg is None:
                 self._kill(
                     WorkerCrashed(
                         f"worker {self.id} did not return within cancel_grace={self.cancel_grace} s "
                         "of an interrupt; killed"
                     )
                 )
+                return
+            try:
+                self._settle_reply(request_id, msg)
+            except CorralError:
+                pass  # its caller has left; nobody reads this
 
-        self._nursery.start_soon(grace)
+        self._nursery.start_soon(drain)
