@@ -543,6 +543,11 @@ class Worker:
                 payload = self._codec.raw_dumps((kind, request_id))
             else:
                 payload = self._codec.raw_dumps((kind, request_id, target, args))
+            if len(payload) > self.max_frame:  # refuse before sending: the worker is unharmed
+                raise ProtocolError(
+                    f"worker {self.id}: the {kind} request encodes to {len(payload)} bytes, more than "
+                    f"max_frame={self.max_frame}; it was not sent"
+                )
         except BaseException:
             slot.release()
             raise
