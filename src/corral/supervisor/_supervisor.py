@@ -229,6 +229,7 @@ class Supervisor:
         self._finished = trio.Event()
         self._failure: BaseException | None = None
         self._intensity = _Intensity(max_restarts, self.max_seconds)
+        self._abandoned: set[Run] = set()  # stops whose caller gave up before the child exited
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.name!r} {self.strategy.value} children={len(self._children)}>"
@@ -410,6 +411,7 @@ class Supervisor:
         self._finished = trio.Event()
         self._failure = None
         self._intensity = _Intensity(self.max_restarts, self.max_seconds)
+        self._abandoned = set()
 
     async def _watch_parent(self, parent: ChildContext) -> None:
         await parent.stop_requested.wait()
@@ -447,8 +449,11 @@ class Supervisor:
 
     async def _on_exit(self, run: Run) -> bool:
         child = run.child
-        if child.run is not run or run.stopping:
+        if child.run is not run:
             return False  # already handled: it was stopped on purpose
+        if run.stopping:  # stopped on purpose, but whoever stopped it gave up waiting
+            self._stopped_for_good(child, run)
+            return False
         assert run.exit is not None
         child.run = None
         child.last_exit = run.exit
@@ -622,7 +627,7 @@ class Supervisor:
                 )
             task_status.started(_StartFailed())
             return
-        if not run.stopping:
+        if not run.stopping or run in self._abandoned:
             self._inbox_send.send_nowait(_Exited(run))
 
     async def _stop_child(self, child: Child) -> None:
@@ -633,17 +638,40 @@ class Supervisor:
         run.stopping = True
         run.ctx.stop_requested.set()
         grace = child.spec.shutdown
-        if grace <= 0:
+        try:
+            if grace <= 0:
+                run.scope.cancel()
+            elif grace != math.inf:
+                with trio.move_on_after(grace):
+                    await run.done.wait()
+                run.scope.cancel()
+            await run.done.wait()
+        except BaseException:
+            # The caller gave up waiting (cancelled, or it is the child stopping
+            # itself): cancel the child now and finish the stop without the caller,
+            # so no half-stopped child is left looking RUNNING.
             run.scope.cancel()
-        elif grace != math.inf:
-            with trio.move_on_after(grace):
-                await run.done.wait()
-            run.scope.cancel()
-        await run.done.wait()
+            if run.done.is_set():
+                self._stopped_for_good(child, run)
+            else:
+                self._abandoned.add(run)  # _child_main reports its exit to the manager
+            raise
+        self._record_stop(child, run)
+
+    def _record_stop(self, child: Child, run: Run) -> None:
         child.run = None
         assert run.exit is not None
         child.last_exit = run.exit
         self._emit(ChildExited(self.name, child.id, run.exit, requested=True))
+
+    def _stopped_for_good(self, child: Child, run: Run) -> None:
+        """Finish a stop whose caller is gone: as terminate_child would have."""
+        self._abandoned.discard(run)
+        self._record_stop(child, run)
+        child.retry_token = None
+        child.to(ChildState.STOPPED)
+        if (child.spec.restart is Restart.TEMPORARY or self._dynamic) and child in self._children:
+            self._children.remove(child)
 
     async def _stop_all(self) -> None:
         """Orderly stop of everything, in reverse start order."""
