@@ -481,3 +481,47 @@ async def test_terminate_of_a_deaf_child_in_a_dynamic_supervisor_uses_its_grace(
             with pytest.raises(corral.NotFound):
                 await sup.terminate_child("deaf")
     assert issubclass(Boom, Exception)
+
+
+async def test_cancelled_terminate_child_still_stops_the_child_for_good(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The caller giving up must not leave a half-stopped child that looks RUNNING."""
+    kids = Kids(deaf={"a"})
+    sup = corral.Supervisor([kids.spec("a", shutdown=10.0), kids.spec("b")])
+    with trio.fail_after(100):
+        async with supervising(sup) as outcome:
+            with trio.move_on_after(1) as scope:
+                await sup.terminate_child("a")
+            assert scope.cancelled_caught
+            await trio.sleep(20)
+            a = info(sup, "a")
+            assert (a.state, a.value, a.restarts) == (STOPPED, None, 0)
+            assert kids.starts["a"] == 1 and kids.of("exit") == ["a"]  # not restarted
+            assert sup.count_children().active == 1
+            assert await sup.restart_child("a") == "a#2"  # usable again
+            assert not outcome.done.is_set()
+
+
+async def test_a_child_terminating_itself_is_recorded_as_stopped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sup = corral.Supervisor()
+    after: list[str] = []
+
+    async def quitter(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await trio.sleep(1)
+        await sup.terminate_child("quitter")
+        after.append("unreachable")  # pragma: no cover
+
+    with trio.fail_after(100):
+        async with supervising(sup) as outcome:
+            await sup.start_child(corral.ChildSpec("quitter", quitter, shutdown=corral.BRUTAL_KILL))
+            await trio.sleep(5)
+            q = info(sup, "quitter")
+            assert (q.state, q.value) == (STOPPED, None)
+            assert q.last_exit is not None and q.last_exit.reason == "shutdown"
+            assert sup.count_children().active == 0
+            assert not outcome.done.is_set()
+    assert after == []
