@@ -48,6 +48,7 @@ from corral.supervisor import (
     open_supervisor,
 )
 from corral.workers import (
+    SSH,
     CircuitBreaker,
     CircuitState,
     Command,
@@ -68,6 +69,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BRUTAL_KILL",
     "INFINITY",
+    "SSH",
     "AlreadyPresent",
     "AutoShutdown",
     "AutoShutdownTriggered",

@@ -3,9 +3,11 @@
 from corral.workers._circuit import CircuitBreaker, CircuitState
 from corral.workers._launch import Command, PythonModule
 from corral.workers._pool import Lease, Pool, PoolStatistics, WorkerEvent, open_pool
+from corral.workers._remote import SSH
 from corral.workers._worker import InitTimeout, Worker, WorkerInfo, WorkerState
 
 __all__ = [
+    "SSH",
     "CircuitBreaker",
     "CircuitState",
     "Command",

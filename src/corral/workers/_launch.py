@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -96,10 +96,14 @@ class PythonModule:
 
 _precompiled = False
 
-Launcher = Command | PythonModule
+
+class Launcher(Protocol):
+    """The seam: anything that can say how to start one worker process."""
+
+    def launch(self, worker_id: str) -> Launch: ...
 
 
-def as_launcher(target: object) -> Launcher:
+def as_launcher(target: object) -> Command | PythonModule:
     if isinstance(target, Command | PythonModule):
         return target
     if target is None or isinstance(target, str):

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,13 +35,25 @@ from corral._errors import (
 from corral.supervisor._spec import Backoff, ChildSpec, Restart
 from corral.supervisor._supervisor import DynamicSupervisor, _collapse, _reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
-from corral.workers._launch import Command, PythonModule, as_launcher
+from corral.workers._launch import Command, Launcher, PythonModule, as_launcher
+from corral.workers._remote import SSH
 from corral.workers._worker import Worker, WorkerInfo, WorkerState
 
 logger = logging.getLogger("corral.pool")
 
 DEFAULT_BACKOFF = Backoff(initial=0.05, maximum=2.0, multiplier=2.0, jitter=0.2, reset_after=5.0)
 _DEFAULT = object()
+
+
+@attrs.define(eq=False)
+class _Placement:
+    """Where workers can run (this machine, or one host): its own circuit breaker."""
+
+    launcher: Launcher
+    weight: float
+    circuit: Circuit
+    name: str
+    live: int = 0
 
 
 @attrs.frozen
@@ -130,6 +142,7 @@ class Pool:
         cwd: str | None = None,
         max_frame: int = 64 * 1024 * 1024,
         name: str | None = None,
+        hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
     ) -> None:
         if isinstance(handlers, str | type(None)):
             launcher: Command | PythonModule = PythonModule(handlers, env=dict(env) if env else None, cwd=cwd)
@@ -208,7 +221,8 @@ class Pool:
             backoff=backoff,
             name=f"{self.name}.supervisor",
         )
-        self._circuit = Circuit(circuit_breaker)
+        self._placements = self._make_placements(handlers, hosts, circuit_breaker)
+        self._placement_of: dict[Worker, _Placement] = {}
         self._slot_ids = itertools.count(1)
         self._incarnations = itertools.count(1)
         self._workers: dict[str, Worker] = {}  # live incarnations by worker id
@@ -231,6 +245,46 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} size={self.size} workers={len(self._workers)}>"
+
+    def _make_placements(
+        self,
+        handlers: str | Command | PythonModule | None,
+        hosts: Sequence[SSH | Command | PythonModule | str] | None,
+        breaker: CircuitBreaker | None,
+    ) -> list[_Placement]:
+        if hosts is None:
+            return [_Placement(self._launcher, 1.0, Circuit(breaker), "local")]
+        if isinstance(hosts, str) or not isinstance(hosts, Sequence) or not hosts:
+            raise InvalidSpec("hosts", f"must be a non-empty list of hosts or corral.SSH(...), got {hosts!r}")
+        module = handlers if isinstance(handlers, str) else None
+        placements = []
+        for i, host in enumerate(hosts):
+            if isinstance(host, str):
+                host = SSH(host)
+            if isinstance(host, SSH):
+                if host.module is None:
+                    host = attrs.evolve(host, module=module)
+                placements.append(_Placement(host, float(host.weight), Circuit(breaker), host.name))
+            elif isinstance(host, Command | PythonModule):
+                placements.append(_Placement(host, 1.0, Circuit(breaker), f"hosts[{i}]"))
+            else:
+                raise InvalidSpec(f"hosts[{i}]", f"must be a host name or corral.SSH(...), got {host!r}")
+        return placements
+
+    def _choose_placement(self) -> _Placement | None:
+        """Least loaded by weight; hosts that just failed come last; open circuits never."""
+        ranked = sorted(self._placements, key=lambda p: (p.circuit.failures > 0, p.live / p.weight))
+        for placement in ranked:
+            if placement.circuit.allow_start():
+                return placement
+        return None
+
+    @property
+    def _circuit_open(self) -> bool:
+        return all(p.circuit.is_open for p in self._placements)
+
+    def _retry_in(self) -> float:
+        return min(p.circuit.retry_in() for p in self._placements)
 
     # -- events ------------------------------------------------------------------
 
@@ -256,13 +310,13 @@ class Pool:
 
     async def _slot(self, *, task_status: trio.TaskStatus[Worker]) -> None:
         """One supervised slot: a fresh Worker each time the supervisor (re)starts it."""
-        if not self._circuit.allow_start():
+        placement = self._choose_placement()
+        if placement is None:
             raise CircuitOpen(
-                f"pool {self.name!r}: workers keep failing to start; next try in "
-                f"{self._circuit.retry_in():.1f} s"
+                f"pool {self.name!r}: workers keep failing to start; next try in {self._retry_in():.1f} s"
             )
         worker = Worker(
-            self._launcher,
+            placement.launcher,
             worker_id=f"w{next(self._incarnations)}",
             init_timeout=self.init_timeout,
             request_timeout=self.request_timeout,
@@ -273,20 +327,24 @@ class Pool:
             on_state=self._on_worker_state,
         )
         self._workers[worker.id] = worker
+        self._placement_of[worker] = placement
+        placement.live += 1
         try:
             await worker.run(task_status=task_status)
         finally:
+            placement.live -= 1
             self._forget(worker)
+            self._placement_of.pop(worker, None)
             if worker.ready_at is None:
-                self._circuit.record_failure()
+                placement.circuit.record_failure()
                 self._wake_for_circuit()
 
     def _on_worker_state(self, worker: Worker, old: WorkerState, new: WorkerState) -> None:
         if self._subscribers or logger.isEnabledFor(logging.DEBUG):
             self._emit(worker, "state", f"{old.name} -> {new.name}")
         if new is WorkerState.READY:
-            if old is WorkerState.STARTING:
-                self._circuit.record_success()
+            if old is WorkerState.STARTING and worker in self._placement_of:
+                self._placement_of[worker].circuit.record_success()
             if worker not in self._leased:
                 # Fresh, or back from an interrupted call whose caller has left.
                 self._checkin(worker)
@@ -311,7 +369,7 @@ class Pool:
 
     def _wake_for_circuit(self) -> None:
         """When the circuit opens, callers waiting for a new worker fail fast."""
-        if not self._circuit.is_open or self._workers:
+        if not self._circuit_open or self._workers:
             return
         while self._waiters:
             self._waiters.popleft().event.set()
@@ -327,7 +385,7 @@ class Pool:
 
     def _ensure_capacity(self) -> None:
         """Lazy pools: start workers for waiting callers, up to ``size``."""
-        if self._closed or self._nursery is None or self._circuit.is_open:
+        if not self.lazy or self._closed or self._nursery is None or self._circuit_open:
             return
         while (
             self._pending_slots < len(self._waiters)
@@ -452,10 +510,10 @@ class Pool:
         if worker is not None:
             await trio.lowlevel.checkpoint_if_cancelled()  # the call itself schedules
             return worker
-        if self._circuit.is_open and not self._workers:
+        if self._circuit_open and not self._workers:
             raise CircuitOpen(
                 f"pool {self.name!r}: workers keep failing to start; calls fail fast for "
-                f"{self._circuit.retry_in():.1f} s more"
+                f"{self._retry_in():.1f} s more"
             )
         if self.max_waiting is not None and len(self._waiters) >= self.max_waiting:
             raise PoolSaturated(
@@ -499,7 +557,7 @@ class Pool:
             if session is not None and session in self._lost_sessions:
                 self._lost_sessions.discard(session)
                 raise SessionLost(f"the worker that held session {session!r} died while the caller waited")
-            if self._circuit.is_open and not self._workers:
+            if self._circuit_open and not self._workers:
                 raise CircuitOpen(f"pool {self.name!r}: workers keep failing to start")
             raise CheckoutTimeout(
                 f"pool {self.name!r}: no worker became free within checkout_timeout={timeout} s "
@@ -600,7 +658,7 @@ class Pool:
             served=self._served,
             failed=self._failed,
             restarts=sum(info.restarts for info in self._sup.which_children()),
-            circuit=self._circuit.state.value,
+            circuit=self._circuit_summary(),
             latency_p50=pct(0.50),
             latency_p90=pct(0.90),
             latency_p99=pct(0.99),
@@ -609,7 +667,17 @@ class Pool:
 
     @property
     def circuit_state(self) -> CircuitState:
-        return self._circuit.state
+        """The breaker's state (with several hosts: the healthiest host's)."""
+        states = [p.circuit.state for p in self._placements]
+        for state in (CircuitState.CLOSED, CircuitState.HALF_OPEN):
+            if state in states:
+                return state
+        return CircuitState.OPEN
+
+    def _circuit_summary(self) -> str:
+        if len(self._placements) == 1:
+            return self._placements[0].circuit.state.value
+        return ", ".join(f"{p.name}: {p.circuit.state.value}" for p in self._placements)
 
     # -- running ---------------------------------------------------------------
 
