@@ -526,6 +526,10 @@ class Pool:
         return await self._wait(waiter, timeout, None)
 
     async def _acquire_specific(self, session: Hashable, worker: Worker, timeout: float | None) -> Worker:
+        if worker.state is WorkerState.READY and not worker.available:
+            # It died and the pool has not noticed yet: unbind now, so it is lost once.
+            del self._sessions[session]
+            raise SessionLost(f"the worker that held session {session!r} died; its state is gone")
         if worker in self._idle:
             self._idle.remove(worker)
             self._idle_since.pop(worker, None)
