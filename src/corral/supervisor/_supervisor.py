@@ -765,4 +765,9 @@ async def open_supervisor(children: Sequence[ChildSpec] = (), **options: Any) ->
             finally:
                 await sup.stop()
     except BaseExceptionGroup as group:
-        _reraise(_collapse(group))
+        # One level only: run() raises bare already, and a group the body raised
+        # itself must come out as it is, not flattened nor wrapped.
+        meaningful = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(group.exceptions) == 1 or len(meaningful) == 1:
+            _reraise((meaningful or list(group.exceptions))[0])
+        raise
