@@ -252,3 +252,18 @@ async def test_child_crash_during_stop_is_logged_not_raised(caplog: pytest.LogCa
     last = sup.which_children()[0].last_exit
     assert last is not None and last.reason == "abnormal" and isinstance(last.exception, Boom)
     assert "I do not want to stop" in caplog.text
+
+
+async def test_body_exception_group_propagates_as_it_is() -> None:
+    kids = Kids()
+    error = ExceptionGroup("the body's own group", [ValueError("a"), KeyError("b")])
+    single = ExceptionGroup("one inside", [ValueError("c")])
+    for raised in (error, single):
+        with trio.fail_after(5), pytest.raises(ExceptionGroup) as info:
+            async with corral.open_supervisor(kids.specs("a")):
+                raise raised
+        # trio's cancel scope re-derives a group on its way out (split), so compare
+        # the group's message and leaves: neither flattened nor wrapped
+        assert type(info.value) is ExceptionGroup
+        assert info.value.message == raised.message
+        assert info.value.exceptions == raised.exceptions
