@@ -64,6 +64,7 @@ class Run:
     exit: ExitReason | None = None
     stopping: bool = False  # the supervisor asked it to stop: its exit is no crash
     started_at: float = 0.0
+    injected: BaseException | None = None  # corral.testing.crash_child: the exit to report
 
 
 @attrs.define(eq=False)

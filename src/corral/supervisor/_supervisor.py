@@ -220,6 +220,7 @@ class Supervisor:
         self._specs = specs
         self._children: list[Child] = [Child(spec) for spec in specs]
         self._subscribers: list[Subscriber] = []
+        self._faults: dict[Hashable, list[Any]] = {}  # corral.testing's injected start faults
         self._rng = random.Random()
         self._running = False
         self._nursery: trio.Nursery | None = None
@@ -603,17 +604,23 @@ class Supervisor:
         assert self._nursery is not None
         status = _Status(task_status, run, self._nursery)
         spec = run.child.spec
+        start = spec.start
+        faults = self._faults.get(spec.id)
+        if faults:  # corral.testing: make this start fail or wait
+            start = faults.pop(0).wrap(start)
         try:
             with run.scope:
                 try:
-                    await spec.start(*spec.args, task_status=status)
+                    await start(*spec.args, task_status=status)
                 except Shutdown as exc:
                     run.exit = ExitReason("shutdown", exc)
                 except Exception as exc:
                     run.exit = ExitReason("abnormal", exc)
                 else:
                     run.exit = ExitReason("normal")
-            if run.exit is None:  # our own cancel scope caught the cancellation
+            if run.injected is not None:
+                run.exit = ExitReason("abnormal", run.injected)
+            elif run.exit is None:  # our own cancel scope caught the cancellation
                 run.exit = ExitReason("shutdown")
         finally:
             if run.exit is None:  # a BaseException is tearing everything down

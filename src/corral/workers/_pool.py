@@ -242,6 +242,7 @@ class Pool:
         self._served = 0
         self._failed = 0
         self._subscribers: list[Callable[[WorkerEvent], None]] = []
+        self._start_faults: list[Any] = []  # corral.testing's injected start faults
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} size={self.size} workers={len(self._workers)}>"
@@ -329,7 +330,11 @@ class Pool:
         self._workers[worker.id] = worker
         self._placement_of[worker] = placement
         placement.live += 1
+        fault = self._start_faults.pop(0) if self._start_faults else None
         try:
+            if fault is not None:  # corral.testing: this start fails or waits
+                await fault.wrap(worker.run)(task_status=task_status)
+                return
             await worker.run(task_status=task_status)
         finally:
             placement.live -= 1
