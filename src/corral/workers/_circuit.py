@@ -98,4 +98,9 @@ class Circuit:
 
     @property
     def is_open(self) -> bool:
-        return self.state is CircuitState.OPEN
+        """Open and cooling down: fail fast. After the cooldown, the next start is the trial."""
+        return (
+            self.state is CircuitState.OPEN
+            and self.config is not None
+            and trio.current_time() - self.opened_at < self.config.cooldown
+        )
