@@ -30,7 +30,6 @@ from corral._errors import (
     PoolClosed,
     PoolSaturated,
     SessionLost,
-    WorkerCrashed,
 )
 from corral.supervisor._spec import Backoff, ChildSpec, Restart
 from corral.supervisor._supervisor import DynamicSupervisor, _collapse, _reraise
@@ -83,6 +82,23 @@ class WorkerEvent:
     state: WorkerState
     action: str  # "state", "checkout", "checkin", "recycle", "call"
     detail: str = ""
+
+
+@attrs.frozen
+class CallRecord:
+    """One finished call, for telemetry: times are ``time.time_ns()``."""
+
+    pool: str
+    name: str
+    worker_id: str
+    pid: int | None
+    start_ns: int
+    end_ns: int
+    error: str | None  # the exception's type name, or None
+
+    @property
+    def duration(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
 
 
 class _Waiter:
@@ -243,6 +259,7 @@ class Pool:
         self._failed = 0
         self._subscribers: list[Callable[[WorkerEvent], None]] = []
         self._start_faults: list[Any] = []  # corral.testing's injected start faults
+        self._observers: list[Callable[[CallRecord], None]] = []
 
     def __repr__(self) -> str:
         return f"<Pool {self.name!r} size={self.size} workers={len(self._workers)}>"
@@ -293,6 +310,24 @@ class Pool:
         """Call ``callback(event)`` for every worker event; returns the unsubscribe function."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def observe_calls(self, callback: Callable[[CallRecord], None]) -> Callable[[], None]:
+        """Call ``callback(record)`` after every call (telemetry); returns the unsubscribe."""
+        self._observers.append(callback)
+        return lambda: self._observers.remove(callback) if callback in self._observers else None
+
+    def _observe(self, name: str, worker: Worker, start_ns: int, error: BaseException | None) -> None:
+        record = CallRecord(
+            self.name,
+            name,
+            worker.id,
+            worker.pid,
+            start_ns,
+            time.time_ns(),
+            None if error is None else type(error).__name__,
+        )
+        for callback in list(self._observers):
+            callback(record)
 
     @property
     def supervisor(self) -> DynamicSupervisor:
@@ -604,31 +639,40 @@ class Pool:
         if not isinstance(name, str):
             raise TypeError(f"pool.call() takes the handler's name as a str, got {name!r}")
         worker = await self._acquire(session, None)
-        start = trio.current_time()
-        try:
-            result = await worker.call(name, *args, timeout=timeout)
-        except (WorkerCrashed, CorralError):
-            self._failed += 1
-            raise
-        finally:
-            self._release(worker)
-        self._served += 1
-        self._latencies.append(trio.current_time() - start)
-        return result
+        return await self._call_on(worker, "call", name, args, timeout)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
         """Run a picklable callable in a worker (Python runtime only); return its result."""
         worker = await self._acquire(None, None)
+        return await self._call_on(worker, "apply", fn, args, timeout)
+
+    async def _call_on(self, worker: Worker, kind: str, target: Any, args: Any, timeout: float | None) -> Any:
         start = trio.current_time()
+        start_ns = time.time_ns() if self._observers else 0
         try:
-            result = await worker.run_sync(fn, *args, timeout=timeout)
-        except CorralError:
-            self._failed += 1
+            if kind == "call":
+                result = await worker.call(target, *args, timeout=timeout)
+            else:
+                result = await worker.run_sync(target, *args, timeout=timeout)
+        except BaseException as exc:
+            if isinstance(exc, CorralError):
+                self._failed += 1
+            if self._observers:
+                self._observe(
+                    target if kind == "call" else getattr(target, "__name__", "run_sync"),
+                    worker,
+                    start_ns,
+                    exc,
+                )
             raise
         finally:
             self._release(worker)
         self._served += 1
         self._latencies.append(trio.current_time() - start)
+        if self._observers:
+            self._observe(
+                target if kind == "call" else getattr(target, "__name__", "run_sync"), worker, start_ns, None
+            )
         return result
 
     @asynccontextmanager

@@ -1,0 +1,91 @@
+"""Prometheus metrics for a pool: workers by state, calls, failures, restarts,
+latency histogram, queue depth. Gauges are read from ``pool.statistics()`` at scrape
+time; the latency histogram and the call counters are fed by ``pool.observe_calls``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from corral.workers._pool import CallRecord, Pool
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: Pool, prefix: str) -> None:
+        self._pool = pool
+        self._prefix = prefix
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._pool.statistics()
+        p = self._prefix
+        workers = GaugeMetricFamily(f"{p}_pool_workers", "Workers by state", labels=["pool", "state"])
+        for state, n in st.workers_by_state.items():
+            workers.add_metric([self._pool.name, state.lower()], n)
+        yield workers
+        waiting = GaugeMetricFamily(f"{p}_pool_waiting", "Callers waiting for a worker", labels=["pool"])
+        waiting.add_metric([self._pool.name], st.waiting)
+        yield waiting
+        restarts = GaugeMetricFamily(
+            f"{p}_pool_restarts", "Automatic worker restarts so far", labels=["pool"]
+        )
+        restarts.add_metric([self._pool.name], st.restarts)
+        yield restarts
+        circuit = GaugeMetricFamily(
+            f"{p}_pool_circuit_open", "1 when the circuit breaker is open", labels=["pool"]
+        )
+        circuit.add_metric([self._pool.name], 1.0 if self._pool.circuit_state.value == "open" else 0.0)
+        yield circuit
+
+
+def instrument_pool(
+    pool: Pool, registry: CollectorRegistry | None = None, *, prefix: str = "corral"
+) -> Callable[[], None]:
+    """Export ``pool``'s metrics to ``registry`` (default: the global one).
+
+    Returns a function that removes them again.
+    """
+    registry = registry if registry is not None else REGISTRY
+    collector = _PoolCollector(pool, prefix)
+    calls = Counter(f"{prefix}_calls", "Finished calls", ["pool", "name", "outcome"], registry=None)
+    latency = Histogram(
+        f"{prefix}_call_seconds", "Call latency", ["pool", "name"], buckets=LATENCY_BUCKETS, registry=None
+    )
+    registry.register(collector)
+    registry.register(calls)
+    registry.register(latency)
+
+    def observe(record: CallRecord) -> None:
+        calls.labels(record.pool, record.name, record.error or "ok").inc()
+        latency.labels(record.pool, record.name).observe(record.duration)
+
+    stop_observing = pool.observe_calls(observe)
+
+    def remove() -> None:
+        stop_observing()
+        for metric in (collector, calls, latency):
+            registry.unregister(metric)
+
+    return remove
