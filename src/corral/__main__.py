@@ -1,4 +1,4 @@
-"""The ``corral`` command: ``corral demo``."""
+"""The ``corral`` command: ``corral demo``, ``corral run CONFIG.toml``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="a supervised pool under load while faults are injected")
-    demo.add_argument("--seconds", type=float, default=10.0, help="how long the demo runs")
+    demo.add_argument("--seconds", type=float, default=15.0, help="how long the demo runs (seconds)")
+    from corral._procman import add_run_parser, run_command
+
+    add_run_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_command(args)
     if args.command == "demo":
         from corral._demo import run_demo
 

@@ -149,6 +149,8 @@ class Backoff:
     ``initial * multiplier**(n-1)`` seconds (at most ``maximum``), spread by
     ``±jitter`` (a fraction). A child that stayed up ``reset_after`` seconds is
     considered healthy again and its next crash restarts after ``initial``.
+    ``immediate=1`` restarts the first crash at once (as Kubernetes does) and backs
+    off only when the crashes repeat.
     """
 
     initial: float = 0.1
@@ -156,6 +158,7 @@ class Backoff:
     multiplier: float = 2.0
     jitter: float = 0.1
     reset_after: float = 10.0
+    immediate: int = 0  # this many consecutive restarts happen at once, before any delay
 
     def __attrs_post_init__(self) -> None:
         _positive("backoff.initial", self.initial, allow_zero=True)
@@ -165,9 +168,12 @@ class Backoff:
             raise InvalidSpec("backoff.multiplier", f"must be >= 1, got {self.multiplier!r}")
         if not (isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1):
             raise InvalidSpec("backoff.jitter", f"must be within [0, 1], got {self.jitter!r}")
+        if not isinstance(self.immediate, int) or isinstance(self.immediate, bool) or self.immediate < 0:
+            raise InvalidSpec("backoff.immediate", f"must be an int >= 0, got {self.immediate!r}")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before restart number ``attempt`` (1-based) in a row."""
+        attempt -= self.immediate
         if attempt <= 0:
             return 0.0
         base = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))

@@ -40,7 +40,7 @@ from corral.workers._worker import Worker, WorkerInfo, WorkerState
 
 logger = logging.getLogger("corral.pool")
 
-DEFAULT_BACKOFF = Backoff(initial=0.05, maximum=2.0, multiplier=2.0, jitter=0.2, reset_after=5.0)
+DEFAULT_BACKOFF = Backoff(initial=0.05, maximum=2.0, multiplier=2.0, jitter=0.2, reset_after=5.0, immediate=1)
 _DEFAULT = object()
 
 
