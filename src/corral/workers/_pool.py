@@ -751,10 +751,16 @@ class Pool:
         failures: list[BaseException] = []
 
         async def one() -> None:
-            try:
-                await self._add_slot()
-            except CorralError as exc:
-                failures.append(exc)
+            # With several hosts, a start that failed on one is tried again (the failed
+            # host now ranks last): one host down does not keep the whole pool shut.
+            for attempt in range(len(self._placements)):
+                try:
+                    await self._add_slot()
+                    return
+                except CorralError as exc:
+                    if attempt + 1 == len(self._placements) or self._circuit_open:
+                        failures.append(exc)
+                        return
 
         async with trio.open_nursery() as nursery:
             for _ in range(count if count is not None else self.size):
