@@ -389,6 +389,8 @@ class Worker:
                     max_frame=self.max_frame,
                     sys_path=launch.welcome.get("sys_path"),
                 )
+                if "module" not in launch.welcome:  # e.g. a Command: the worker's argv decides
+                    del welcome["module"]
                 await self._send(frames.encode_json_object(welcome))
                 self._decoder.max_frame = self.max_frame
                 reply = self._loads(await self._next_frame())
