@@ -7,13 +7,13 @@ import os
 import sys
 import time
 
-from tests.handlers_basic import add, echo, getpid, modules, sleep
+from tests.handlers_basic import add, big, echo, getpid, modules, sleep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["add", "echo", "getpid", "modules", "sleep"]
+__all__ = ["add", "big", "echo", "getpid", "modules", "sleep"]
 
 _grandchildren: "list[Any]" = []
 

@@ -416,3 +416,88 @@ async def test_node_pool_through_command() -> None:
                 for i in range(20):
                     nursery.start_soon(caller, i)
             assert sorted(results) == list(range(1, 21))
+
+
+# -- more checkout edges ---------------------------------------------------------------
+
+
+async def test_cancelled_waiter_leaves_the_queue_fair() -> None:
+    order: list[str] = []
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, **FAST) as pool:
+
+            async def caller(tag: str) -> None:
+                order.append(await pool.call("echo", tag))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.call, "sleep", 0.3)
+                await trio.sleep(0.05)
+                nursery.start_soon(caller, "a")
+                await trio.sleep(0.01)
+                cancelled = trio.CancelScope()
+
+                async def doomed() -> None:
+                    with cancelled:
+                        await caller("doomed")
+
+                nursery.start_soon(doomed)
+                await trio.sleep(0.01)
+                nursery.start_soon(caller, "b")
+                await wait_for(lambda: pool.statistics().waiting == 3)
+                cancelled.cancel()
+                await wait_for(lambda: pool.statistics().waiting == 2)
+    assert order == ["a", "b"]
+    assert cancelled.cancelled_caught
+
+
+async def test_pool_saturated_when_the_wait_queue_is_full() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, max_waiting=2, **FAST) as pool:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.call, "sleep", 0.3)
+                await trio.sleep(0.05)
+                nursery.start_soon(pool.call, "echo", 1)
+                nursery.start_soon(pool.call, "echo", 2)
+                await wait_for(lambda: pool.statistics().waiting == 2)
+                with pytest.raises(corral.PoolSaturated, match="max_waiting"):
+                    await pool.call("echo", 3)
+            assert await pool.call("echo", 4) == 4
+
+
+async def test_error_inside_a_checkout_block_returns_the_worker() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, **FAST) as pool:
+            with pytest.raises(ZeroDivisionError):
+                async with pool.checkout() as lease:
+                    pid = await lease.call("getpid")
+                    _ = 1 / 0
+            assert await pool.call("getpid") == pid
+            # a cancelled call inside a lease: the worker is interrupted and comes back
+            async with pool.checkout() as lease:
+                with trio.move_on_after(0.1):
+                    await lease.call("sleep", 30)
+            with trio.fail_after(2):
+                assert await pool.call("getpid") == pid
+
+
+async def test_session_through_checkout() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=3, **FAST) as pool:
+            async with pool.checkout(session="s") as lease:
+                pid = lease.pid
+                assert await lease.call("getpid") == pid
+            for _ in range(3):
+                assert await pool.call("getpid", session="s") == pid
+            assert pool.statistics().sessions == 1
+
+
+async def test_oversized_request_is_refused_without_replacing_the_worker() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, max_frame=1 << 20, **FAST) as pool:
+            (pid,) = pids_of(pool)
+            with pytest.raises(corral.ProtocolError, match="max_frame"):
+                await pool.call("echo", b"x" * (2 << 20))
+            with pytest.raises(RemoteError, match="EncodeError"):
+                await pool.call("big", 2 << 20)
+            assert await pool.call("getpid") == pid
+            assert pool.statistics().restarts == 0

@@ -514,3 +514,16 @@ async def test_node_worker_through_command() -> None:
             await w.ping()
             assert await w.call("sleep", 0.01) == 0.01
         assert w.info().state is WorkerState.STOPPED
+
+
+async def test_capture_stderr_false_keeps_the_ring_buffer_but_does_not_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="corral.worker")
+    with trio.fail_after(10):
+        async with running(capture_stderr=False) as run:
+            w = run.worker
+            with pytest.raises(WorkerCrashed) as info:
+                await w.call("exit_with", 4)
+    assert "exiting with 4 on purpose" in info.value.stderr_tail
+    assert not [r for r in caplog.records if r.name == f"corral.worker.{w.id}"]
