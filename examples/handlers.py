@@ -1,0 +1,60 @@
+"""The handler module the docs' pool examples use: ``corral.open_pool("examples.handlers")``.
+
+A handler module is plain functions. The worker process imports it, runs the optional
+``init()`` once, then calls ``name(*args)`` for each ``pool.call("name", *args)``.
+Module-level state lives as long as the worker process does, which is what sessions
+and exclusive leases are for. Keep the import cheap: it is part of every worker's
+start-up time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+_model: dict[str, float] = {}
+_counters: dict[str, int] = {}
+
+
+def init() -> None:
+    """Runs once per worker, before it is READY (bounded by ``init_timeout``)."""
+    if os.environ.get("HANDLERS_MODEL") == "missing":  # lets the docs show a failing start
+        raise FileNotFoundError("model.bin")
+    _model.update(weight=2.0, bias=1.0)  # pretend to load a model
+
+
+def predict(x: float) -> float:
+    return _model["weight"] * x + _model["bias"]
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def count(key: str) -> int:
+    """A per-worker counter: the same key counts up only on the same worker."""
+    _counters[key] = _counters.get(key, 0) + 1
+    return _counters[key]
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def slow(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def crash(code: int) -> None:
+    os._exit(code)
+
+
+def say(text: str) -> None:
+    print(text)  # fd 1 is stderr in a worker: this reaches logging, not the channel
+    sys.stdout.flush()
