@@ -102,11 +102,12 @@ class CallRecord:
 
 
 class _Waiter:
-    __slots__ = ("event", "worker")
+    __slots__ = ("event", "lost", "worker")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.worker: Worker | None = None
+        self.lost = False  # its session's worker died while it waited
 
 
 def _check_number(name: str, value: object, *, minimum: float = 0.0, allow_none: bool = True) -> None:
@@ -403,6 +404,7 @@ class Pool:
                 del self._sessions[session]
                 self._lost_sessions.add(session)
         for waiter in self._session_waiters.pop(worker, ()):
+            waiter.lost = True
             waiter.event.set()  # woken without a worker: SessionLost
         if self._closed and not self._leased:
             self._drained.set()
@@ -598,7 +600,7 @@ class Pool:
             self._abandon(waiter)
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} closed while the caller waited")
-            if session is not None and session in self._lost_sessions:
+            if waiter.lost:
                 self._lost_sessions.discard(session)
                 raise SessionLost(f"the worker that held session {session!r} died while the caller waited")
             if self._circuit_open and not self._workers:
@@ -785,8 +787,7 @@ class Pool:
                 if self._recycle_due(worker):
                     self._idle.remove(worker)
                     self._idle_since.pop(worker, None)
-                    self._emit(worker, "recycle")
-                    worker.stop()
+                    self._nursery_start(self._recycle, worker)
             if self.session_ttl is not None:
                 for session, (_, last) in list(self._sessions.items()):
                     if now - last > self.session_ttl:

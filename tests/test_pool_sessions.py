@@ -1,0 +1,39 @@
+"""Sessions whose worker dies while several callers wait for it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import trio
+
+import corral
+
+
+async def test_every_caller_waiting_on_a_dead_session_worker_gets_session_lost() -> None:
+    with trio.fail_after(30):
+        async with corral.open_pool("tests.handlers_basic", size=2) as pool:
+            pid = await pool.call("getpid", session="s")
+            outcomes: list[str] = []
+
+            async def waiting_call() -> None:
+                try:
+                    await pool.call("getpid", session="s")
+                    outcomes.append("served")
+                except corral.SessionLost:
+                    outcomes.append("lost")
+
+            async def busy_call() -> None:
+                with pytest.raises(corral.WorkerCrashed):
+                    await pool.call("sleep", 10, session="s")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(busy_call)
+                await trio.sleep(0.2)  # the session's worker is busy; the next two queue for it
+                nursery.start_soon(waiting_call)
+                nursery.start_soon(waiting_call)
+                await trio.sleep(0.2)
+                os.kill(pid, signal.SIGKILL)
+            assert outcomes == ["lost", "lost"]
+            assert await pool.call("getpid", session="s") != pid  # rebound
