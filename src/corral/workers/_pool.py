@@ -505,7 +505,7 @@ class Pool:
             and trio.current_time() - worker.ready_at >= self.max_age
         ):
             return True
-        if self.max_memory_bytes is not None:
+        if self.max_memory_bytes is not None and worker.served:  # a fresh worker serves once first
             rss = worker.rss_bytes()
             if rss is not None and rss > self.max_memory_bytes:
                 return True
