@@ -3,7 +3,7 @@
 import os
 import time
 
-_counters: dict = {}
+_counters: dict[str, int] = {}
 
 
 def init() -> None:
@@ -31,8 +31,9 @@ def hang() -> None:
 
 
 def count(session: str) -> int:
-    _counters[session] = _counters.get(session, 0) + 1
-    return _counters[session]
+    n = _counters.get(session, 0) + 1
+    _counters[session] = n
+    return n
 
 
 def pid() -> int:
