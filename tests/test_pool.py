@@ -501,3 +501,62 @@ async def test_oversized_request_is_refused_without_replacing_the_worker() -> No
                 await pool.call("big", 2 << 20)
             assert await pool.call("getpid") == pid
             assert pool.statistics().restarts == 0
+
+
+# -- closing and shrinking ---------------------------------------------------------------
+
+
+async def test_close_fails_waiting_callers_with_pool_closed_and_drains_running_ones() -> None:
+    results: dict[str, Any] = {}
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, open_pool(FAULTS, size=1, **FAST) as pool:
+
+            async def caller(tag: str, *args: Any) -> None:
+                try:
+                    results[tag] = await pool.call(*args)
+                except CorralError as exc:
+                    results[tag] = exc
+
+            nursery.start_soon(caller, "running", "slow_echo", "r", 0.3)
+            await wait_for(lambda: pool.statistics().workers_by_state["BUSY"] == 1)
+            nursery.start_soon(caller, "waiting", "echo", "w")
+            await wait_for(lambda: pool.statistics().waiting == 1)
+    assert results["running"] == "r"
+    assert isinstance(results["waiting"], PoolClosed)
+
+
+async def test_close_after_drain_timeout_stops_a_stuck_call() -> None:
+    results: list[BaseException] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            async with open_pool(FAULTS, size=1, drain_timeout=0.2, stop_timeout=0.2) as pool:
+                (pid,) = pids_of(pool)
+
+                async def caller() -> None:
+                    try:
+                        await pool.call("sleep", 30)
+                    except CorralError as exc:
+                        results.append(exc)
+
+                nursery.start_soon(caller)
+                await wait_for(lambda: pool.statistics().workers_by_state["BUSY"] == 1)
+                start = trio.current_time()
+            assert trio.current_time() - start < 2.0
+    assert len(results) == 1 and isinstance(results[0], WorkerCrashed)
+    assert not alive(pid)
+
+
+async def test_lazy_pool_shrinks_idle_workers() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=2, lazy=True, idle_timeout=0.2, **FAST) as pool:
+            pid = await pool.call("getpid")
+            await wait_for(lambda: pool.workers() == [], timeout=3.0)
+            assert await wait_gone([pid]) == []
+            assert await pool.call("getpid") != pid
+
+
+async def test_max_memory_recycles_after_a_call() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, max_memory_mb=1, **FAST) as pool:
+            pids = [await pool.call("getpid") for _ in range(3)]
+    assert len(set(pids)) == 3
