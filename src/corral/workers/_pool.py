@@ -501,6 +501,7 @@ class Pool:
             return True
         if (
             self.max_age is not None
+            and worker.served  # never before a first call: max_age=0 looped start/recycle
             and worker.ready_at is not None
             and trio.current_time() - worker.ready_at >= self.max_age
         ):
