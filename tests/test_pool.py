@@ -560,3 +560,29 @@ async def test_max_memory_recycles_after_a_call() -> None:
         async with open_pool(FAULTS, size=1, max_memory_mb=1, **FAST) as pool:
             pids = [await pool.call("getpid") for _ in range(3)]
     assert len(set(pids)) == 3
+
+
+async def test_max_age_zero_recycles_after_every_call_without_looping() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, max_age=0, **FAST) as pool:
+            pids = [await pool.call("getpid") for _ in range(3)]
+    assert len(set(pids)) == 3
+
+
+async def test_session_ttl_expires_the_binding() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=2, session_ttl=0.2, **FAST) as pool:
+            await pool.call("getpid", session="s")
+            assert pool.statistics().sessions == 1
+            await trio.sleep(0.3)
+            await pool.call("getpid", session="s")  # an expired session is rebound, not lost
+            assert pool.statistics().sessions == 1
+
+
+async def test_run_sync_of_an_unpicklable_callable_fails_and_the_pool_keeps_working() -> None:
+    with trio.fail_after(10):
+        async with open_pool(None, size=1, **FAST) as pool:
+            (pid,) = pids_of(pool)
+            with pytest.raises(Exception, match="pickle"):
+                await pool.run_sync(lambda: 1)
+            assert await pool.run_sync(os.getpid) == pid
