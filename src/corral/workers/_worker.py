@@ -491,6 +491,9 @@ class Worker:
                     break
                 buffer += data
                 *lines, buffer = buffer.split(b"\n")
+                if len(buffer) > 16384:  # an endless line: pass it on in pieces (bounded, linear)
+                    lines.append(buffer)
+                    buffer = b""
                 for raw in lines:
                     line = raw.decode("utf-8", "replace").rstrip("\r")
                     tail.append(line)
