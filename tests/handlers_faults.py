@@ -129,3 +129,21 @@ def garbage_reply(kind: str) -> str:
         payload = pickle.dumps(("ok", 987654, None), protocol=5)
         os.write(fd, len(payload).to_bytes(4, "big") + payload)
     return kind
+
+
+def half_reply() -> None:
+    """Exit in the middle of a reply frame: a header promising 100 bytes, then 3."""
+    fd = _reply_fd()
+    os.write(fd, b"\x00\x00\x00\x64abc")
+    os._exit(0)
+
+
+def stderr_flood(nbytes: int, newline: bool) -> int:
+    """Write ``nbytes`` to stderr in one line (or in 100-byte lines)."""
+    chunk = (b"x" * 99 + b"\n") if newline else b"x" * 100
+    data = chunk * (nbytes // 100)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(2, view) :]
+    os.write(2, b"\nflood done\n")
+    return nbytes

@@ -286,3 +286,13 @@ async def test_crash_isolation_under_a_killer_task() -> None:
             await wait_for(lambda: ready(pool) == 4, timeout=5)
             assert [await pool.call("echo", i) for i in range(100)] == list(range(100))
             assert all(alive(p) for p in pids_of(pool))
+
+
+async def test_exit_mid_reply_is_a_clear_error_and_a_fresh_worker() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, **FAST) as pool:
+            (old,) = pids_of(pool)
+            with pytest.raises((WorkerCrashed, ProtocolError)) as info:
+                await pool.call("half_reply")
+            assert str(old) in str(info.value)
+            assert await pool.call("getpid") != old

@@ -527,3 +527,17 @@ async def test_capture_stderr_false_keeps_the_ring_buffer_but_does_not_log(
                 await w.call("exit_with", 4)
     assert "exiting with 4 on purpose" in info.value.stderr_tail
     assert not [r for r in caplog.records if r.name == f"corral.worker.{w.id}"]
+
+
+async def test_stderr_flood_without_newline_stays_bounded_and_fast() -> None:
+    with trio.fail_after(10):
+        async with running(capture_stderr=False) as run:
+            w = run.worker
+            start = trio.current_time()
+            assert await w.call("stderr_flood", 32_000_000, False) == 32_000_000
+            with trio.fail_after(3):  # quadratic buffering took ~10 s here
+                while "flood done" not in w.stderr_tail:
+                    await trio.sleep(0.01)
+            assert trio.current_time() - start < 3
+            assert max(len(line) for line in w.stderr_tail) <= 128 * 1024
+            assert await w.call("echo", 1) == 1
