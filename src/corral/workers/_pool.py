@@ -549,10 +549,10 @@ class Pool:
         return None
 
     async def _acquire_any(self, timeout: float | None) -> Worker:
+        await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
         worker = self._take_idle()
         if worker is not None:
-            await trio.lowlevel.checkpoint_if_cancelled()  # the call itself schedules
-            return worker
+            return worker  # the call itself schedules
         if self._circuit_open and not self._workers:
             raise CircuitOpen(
                 f"pool {self.name!r}: workers keep failing to start; calls fail fast for "
@@ -574,11 +574,11 @@ class Pool:
             del self._sessions[session]
             raise SessionLost(f"the worker that held session {session!r} died; its state is gone")
         if worker in self._idle:
+            await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
             self._idle.remove(worker)
             self._idle_since.pop(worker, None)
             self._leased.add(worker)
             self._sessions[session] = (worker, trio.current_time())
-            await trio.lowlevel.checkpoint()
             return worker
         waiter = _Waiter()
         self._session_waiters.setdefault(worker, deque()).append(waiter)
