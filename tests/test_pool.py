@@ -586,3 +586,23 @@ async def test_run_sync_of_an_unpicklable_callable_fails_and_the_pool_keeps_work
             with pytest.raises(Exception, match="pickle"):
                 await pool.run_sync(lambda: 1)
             assert await pool.run_sync(os.getpid) == pid
+
+
+async def test_a_call_cancelled_at_checkout_does_not_leak_its_worker() -> None:
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, checkout_timeout=1.0) as pool:
+            (pid,) = pids_of(pool)
+            await pool.call("getpid", session="s")
+            for _ in range(3):
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await pool.call("sleep", 10)
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await pool.call("sleep", 10, session="s")
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    async with pool.checkout():
+                        pass  # pragma: no cover
+                assert await pool.call("getpid") == pid
+                assert await pool.call("getpid", session="s") == pid

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import corral
 from corral import (
@@ -296,3 +298,51 @@ async def test_exit_mid_reply_is_a_clear_error_and_a_fresh_worker() -> None:
                 await pool.call("half_reply")
             assert str(old) in str(info.value)
             assert await pool.call("getpid") != old
+
+
+# -- random mixes of good and bad calls ------------------------------------------------
+
+ACTIONS = st.one_of(
+    st.tuples(st.just("echo"), st.integers()),
+    st.tuples(st.just("error"), st.text(alphabet="ab Z-\u00e9\u2713\U0001f600", max_size=20)),
+    st.tuples(st.just("crash"), st.sampled_from([0, 1, 7])),
+    st.tuples(st.just("cancel"), st.floats(0.0, 0.03)),
+    st.tuples(st.just("timeout"), st.just(0.05)),
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("CORRAL_TEST_EXAMPLES", "6")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(plans=st.lists(st.lists(ACTIONS, max_size=8), min_size=1, max_size=4))
+async def test_random_mixes_never_wedge_the_pool(plans: list[list[tuple[str, Any]]]) -> None:
+    async def run_plan(pool: corral.Pool, plan: list[tuple[str, Any]]) -> None:
+        for kind, arg in plan:
+            if kind == "echo":
+                assert await pool.call("echo", arg) == arg
+            elif kind == "error":
+                with pytest.raises(RemoteError) as info:
+                    await pool.call("raise_custom", arg)
+                assert info.value.remote_message == arg
+            elif kind == "crash":
+                with pytest.raises(WorkerCrashed) as crash:
+                    await pool.call("exit_with", arg)
+                assert crash.value.exit_code == arg
+            elif kind == "cancel":
+                with trio.move_on_after(arg):
+                    await pool.call("sleep", 10)
+            else:
+                with pytest.raises(RequestTimeout):
+                    await pool.call("sleep", 10, timeout=arg)
+
+    with trio.fail_after(30):
+        async with open_pool(
+            FAULTS, size=2, backoff=QUICK_BACKOFF, max_restarts=1000, checkout_timeout=3.0, cancel_grace=0.3
+        ) as pool:
+            async with trio.open_nursery() as nursery:
+                for plan in plans:
+                    nursery.start_soon(run_plan, pool, plan)
+            assert [await pool.call("echo", i) for i in range(10)] == list(range(10))
+            assert len(pool.workers()) <= 2
