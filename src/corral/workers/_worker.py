@@ -84,12 +84,36 @@ _HANDSHAKE_MAX = 1 << 20
 
 
 class _Pending:
-    __slots__ = ("done", "error", "result")
+    """A request in flight. Its error is set if the worker dies first."""
+
+    __slots__ = ("error",)
 
     def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Any = None
         self.error: BaseException | None = None
+
+
+class _Gate:
+    """A FIFO lock whose uncontended acquire costs nothing (no scheduling) and which
+    any task may release: ownership passes straight to the next waiter."""
+
+    __slots__ = ("_lot", "busy")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        if not self.busy:
+            await trio.lowlevel.checkpoint_if_cancelled()  # does not schedule: still free
+            self.busy = True
+            return
+        await self._lot.park()  # woken by release(), already the owner
+
+    def release(self) -> None:
+        if self._lot:
+            self._lot.unpark()
+        else:
+            self.busy = False
 
 
 class _EOF(Exception):
@@ -142,8 +166,9 @@ class Worker:
         self._frames: deque[bytes] = deque()
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
-        self._slot = trio.Semaphore(1)  # one call in flight: SIGINT is never ambiguous
-        self._write_lock = trio.StrictFIFOLock()
+        self._slot = _Gate()  # one call in flight: SIGINT is never ambiguous
+        self._write_lock = _Gate()
+        self._calls_failed = trio.Event()  # _fail_pending ran: in-flight callers can raise
         self._ended = trio.Event()
         self._stderr_done = trio.Event()
         self._fatal: BaseException | None = None
@@ -304,10 +329,9 @@ class Worker:
         """Fail every call in flight; free their slots so queued callers see the state."""
         while self._pending:
             _, waiter = self._pending.popitem()
-            if not waiter.done.is_set():
-                waiter.error = error
-                waiter.done.set()
+            waiter.error = error
             self._slot.release()
+        self._calls_failed.set()
 
     # -- the channel -----------------------------------------------------------
 
@@ -316,10 +340,10 @@ class Worker:
         assert self._proc is not None
         header = frames.pack_header(len(payload), self.max_frame)
         lock = self._write_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
+        if lock.busy:
             await lock.acquire()
+        else:
+            lock.busy = True
         try:
             if len(payload) < 65536:
                 await self._write_all(header + payload)
@@ -533,14 +557,15 @@ class Worker:
         """The hot path: the caller holding the slot writes its frame and reads its reply."""
         self._check_usable()
         slot = self._slot
-        try:
-            slot.acquire_nowait()
-            await trio.lowlevel.checkpoint_if_cancelled()
-        except trio.WouldBlock:
+        if slot.busy:
             await slot.acquire()
-        except BaseException:
-            slot.release()
-            raise
+        else:
+            slot.busy = True
+            try:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            except BaseException:
+                slot.release()
+                raise
         request_id = next(self._ids)
         try:
             self._check_usable()
@@ -588,7 +613,7 @@ class Worker:
         except (_EOF, trio.BrokenResourceError, trio.ClosedResourceError):
             self._end(None)
             with trio.CancelScope(shield=True):
-                await waiter.done.wait()
+                await self._calls_failed.wait()
             assert waiter.error is not None
             raise waiter.error from None
         except ProtocolError as exc:
@@ -632,7 +657,7 @@ class Worker:
         """The caller was cancelled: SIGINT the call, and read its reply in the background
         (the slot stays taken until then). No reply within ``cancel_grace``: kill.
         The caller does not wait for any of this."""
-        if waiter.done.is_set() or self._proc is None or self._nursery is None:
+        if request_id not in self._pending or self._proc is None or self._nursery is None:
             return
         self._proc.signal(signal.SIGINT)
 
