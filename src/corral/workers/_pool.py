@@ -541,7 +541,7 @@ class Pool:
 
     def _take_idle(self) -> Worker | None:
         while self._idle:
-            worker = self._idle.popleft()
+            worker = self._idle.pop()  # LIFO: the warmest worker (hot caches, awake CPU)
             self._idle_since.pop(worker, None)
             if worker.available and worker.id in self._workers:
                 self._leased.add(worker)
