@@ -16,7 +16,7 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
@@ -122,6 +122,50 @@ class _Intensity:
         return len(self.stamps) <= self.max_restarts
 
 
+class _Children:
+    """The children in start order, indexed by id (ids are unique within a supervisor).
+
+    A list would make every id lookup, append and remove O(n): adding or terminating
+    children one by one under a large supervisor went quadratic. A dict keeps insertion
+    order, so iteration is still start order.
+    """
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self, children: Iterable[Child] = ()) -> None:
+        self._by_id: dict[Hashable, Child] = {child.id: child for child in children}
+
+    def find(self, id: Hashable) -> Child | None:
+        return self._by_id.get(id)
+
+    def append(self, child: Child) -> None:
+        assert child.id not in self._by_id, child.id
+        self._by_id[child.id] = child
+
+    def remove(self, child: Child) -> None:
+        if self._by_id.get(child.id) is not child:
+            raise ValueError(f"{child!r} is not a child")
+        del self._by_id[child.id]
+
+    def index(self, child: Child) -> int:
+        return list(self._by_id.values()).index(child)
+
+    def __contains__(self, child: object) -> bool:
+        return isinstance(child, Child) and self._by_id.get(child.id) is child
+
+    def __getitem__(self, where: slice) -> list[Child]:
+        return list(self._by_id.values())[where]
+
+    def __iter__(self) -> Iterator[Child]:
+        return iter(self._by_id.values())
+
+    def __reversed__(self) -> Iterator[Child]:
+        return reversed(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
 def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one meaningful exception in a nursery's group, else the group itself."""
     leaves: list[BaseException] = []
@@ -218,7 +262,7 @@ class Supervisor:
                 raise InvalidSpec("id", f"duplicate child id {spec.id!r}; ids must be unique")
             seen.add(spec.id)
         self._specs = specs
-        self._children: list[Child] = [Child(spec) for spec in specs]
+        self._children = _Children(Child(spec) for spec in specs)
         self._subscribers: list[Subscriber] = []
         self._faults: dict[Hashable, list[Any]] = {}  # corral.testing's injected start faults
         self._rng = random.Random()
@@ -390,10 +434,7 @@ class Supervisor:
             yield
 
     def _find(self, id: Hashable) -> Child | None:
-        for child in self._children:
-            if child.id == id:
-                return child
-        return None
+        return self._children.find(id)
 
     def _get(self, id: Hashable) -> Child:
         child = self._find(id)
@@ -407,7 +448,7 @@ class Supervisor:
     # -- the manager loop ------------------------------------------------------
 
     def _reset(self) -> None:
-        self._children = [Child(spec) for spec in self._specs]
+        self._children = _Children(Child(spec) for spec in self._specs)
         self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
         self._finished = trio.Event()
         self._failure = None
