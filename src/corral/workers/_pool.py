@@ -534,23 +534,33 @@ class Pool:
                     del self._sessions[session]
                 else:
                     return await self._acquire_specific(session, worker, timeout)
-        worker = await self._acquire_any(timeout)
+        worker = await self._acquire_any(timeout, spread=session is not None)
         if session is not None:
             self._sessions[session] = (worker, trio.current_time())
         return worker
 
-    def _take_idle(self) -> Worker | None:
+    def _take_idle(self, spread: bool = False) -> Worker | None:
+        """LIFO (the warmest worker: hot caches, an awake CPU), except for a new session,
+        which goes to the idle worker holding the fewest sessions so that state, memory
+        and the cost of one crash are spread over the pool."""
+        if spread and len(self._idle) > 1:
+            load: dict[Worker, int] = {}
+            for bound, _ in self._sessions.values():
+                load[bound] = load.get(bound, 0) + 1
+            best = min(reversed(self._idle), key=lambda w: load.get(w, 0))
+            self._idle.remove(best)
+            self._idle.append(best)
         while self._idle:
-            worker = self._idle.pop()  # LIFO: the warmest worker (hot caches, awake CPU)
+            worker = self._idle.pop()
             self._idle_since.pop(worker, None)
             if worker.available and worker.id in self._workers:
                 self._leased.add(worker)
                 return worker
         return None
 
-    async def _acquire_any(self, timeout: float | None) -> Worker:
+    async def _acquire_any(self, timeout: float | None, *, spread: bool = False) -> Worker:
         await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
-        worker = self._take_idle()
+        worker = self._take_idle(spread)
         if worker is not None:
             return worker  # the call itself schedules
         if self._circuit_open and not self._workers:
