@@ -43,6 +43,13 @@ class InitTimeout(CorralError):
 
 
 class WorkerState(enum.Enum):
+    """A worker's life: STARTING -> READY <-> BUSY -> STOPPING -> STOPPED, or FAILED from
+    any state. Every change goes through one transition table; illegal moves raise."""
+
+    # Members are singletons: hash them by identity, in C (Enum's own __hash__ is Python
+    # code, and the hot path looks states up in the transition table twice per call).
+    __hash__ = object.__hash__
+
     STARTING = "starting"
     READY = "ready"
     BUSY = "busy"
@@ -191,9 +198,11 @@ class Worker:
             self._on_state(self, old, new)
 
     def info(self) -> WorkerInfo:
+        """A frozen snapshot of this worker."""
         return WorkerInfo(self.id, self.pid, self.state, self.served, self.started_at, self.last_exit)
 
     def rss_bytes(self) -> int | None:
+        """The process's resident memory (Linux ``/proc``), or None when unknown."""
         return self._proc.rss_bytes() if self._proc is not None else None
 
     @property
@@ -544,6 +553,7 @@ class Worker:
         return await self._request("apply", fn, args, timeout)
 
     async def ping(self, timeout: float | None = 5.0) -> None:
+        """A health check round trip through the protocol (answered after any queued call)."""
         await self._request("ping", None, (), timeout)
 
     def _check_usable(self) -> None:
