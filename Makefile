@@ -35,5 +35,10 @@ bench-peers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.peers --update-docs $(BENCH_ARGS)
 
+# The documentation site (mkdocs.yml) into site/; any warning (a broken link or anchor, a
+# missing page, a docstring mkdocstrings cannot read) fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .mypy_cache .pytest_cache .ruff_cache site

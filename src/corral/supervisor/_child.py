@@ -14,6 +14,9 @@ from corral.supervisor._spec import ChildSpec
 
 
 class ChildState(enum.Enum):
+    """Where a child is: RUNNING (started and not exited), RESTARTING (waiting for, or in
+    the middle of, an automatic restart) or STOPPED (not running; its spec is kept)."""
+
     RUNNING = "running"
     RESTARTING = "restarting"  # waiting for (or in the middle of) an automatic restart
     STOPPED = "stopped"
@@ -46,6 +49,10 @@ class ChildInfo:
 
 @attrs.frozen
 class ChildCounts:
+    """What ``count_children()`` returns (OTP's ``count_children``): all ``specs``, the
+    ``active`` (RUNNING) children, and the specs split by kind into ``supervisors``
+    and ``workers``."""
+
     specs: int
     active: int
     supervisors: int

@@ -23,6 +23,7 @@ class ExitReason:
 
     @property
     def abnormal(self) -> bool:
+        """True for a crash: the only reason a TRANSIENT child is restarted."""
         return self.reason == "abnormal"
 
     def __str__(self) -> str:
@@ -33,6 +34,10 @@ class ExitReason:
 
 @attrs.frozen
 class ChildStarted:
+    """A child called ``task_status.started(value)``; ``restart`` is True when an
+    automatic restart started it (not the initial start, ``start_child`` or
+    ``restart_child``). Logged at INFO."""
+
     supervisor: str
     child_id: Hashable
     value: object
@@ -41,6 +46,11 @@ class ChildStarted:
 
 @attrs.frozen
 class ChildExited:
+    """A child's run ended, with its ``exit`` reason. ``requested`` is True when the
+    supervisor stopped it (``terminate_child``, ``stop``, a bystander of a restart):
+    such exits are never followed by an automatic restart. Logged at WARNING when
+    abnormal, else INFO."""
+
     supervisor: str
     child_id: Hashable
     exit: ExitReason
@@ -49,6 +59,9 @@ class ChildExited:
 
 @attrs.frozen
 class ChildRestarting:
+    """An automatic restart of ``child_id`` will happen after ``delay`` seconds (0 without
+    a backoff); ``attempt`` counts its consecutive restarts, from 1."""
+
     supervisor: str
     child_id: Hashable
     delay: float
@@ -57,6 +70,9 @@ class ChildRestarting:
 
 @attrs.frozen
 class RestartFailed:
+    """An automatic restart attempt failed to start (the child raised before
+    ``started()``); it counts against restart intensity and is retried."""
+
     supervisor: str
     child_id: Hashable
     exception: BaseException
@@ -64,6 +80,9 @@ class RestartFailed:
 
 @attrs.frozen
 class IntensityExceeded:
+    """More than ``max_restarts`` restarts within ``max_seconds``: the supervisor gives up,
+    stops its children and ``run()`` raises ``RestartIntensityExceeded``. Logged at ERROR."""
+
     supervisor: str
     max_restarts: int
     max_seconds: float
@@ -71,12 +90,18 @@ class IntensityExceeded:
 
 @attrs.frozen
 class AutoShutdownTriggered:
+    """The exit of significant child ``child_id`` ends the supervisor (``auto_shutdown``);
+    an orderly stop follows and ``run()`` returns normally."""
+
     supervisor: str
     child_id: Hashable
 
 
 @attrs.frozen
 class SupervisorStopped:
+    """``run()`` is ending, every child has exited. ``reason``: ``"stop"``,
+    ``"auto_shutdown"``, ``"intensity"``, ``"start_failed"`` or ``"cancelled"``."""
+
     supervisor: str
     reason: str  # "stop", "auto_shutdown", "intensity", "start_failed", "cancelled"
 
@@ -90,6 +115,7 @@ SupervisorEvent = (
     | AutoShutdownTriggered
     | SupervisorStopped
 )
+"""Any of the events a supervisor delivers to its ``subscribe()`` callbacks."""
 
 Subscriber = Callable[[SupervisorEvent], None]
 

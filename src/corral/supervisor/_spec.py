@@ -128,6 +128,8 @@ class ChildSpec:
 
     @property
     def is_supervisor(self) -> bool:
+        """True when ``start`` is a bound ``Supervisor.run``: a nested tree, whose default
+        ``shutdown`` is INFINITY and which ``count_children()`` counts as a supervisor."""
         return is_supervisor_start(self.start)
 
 

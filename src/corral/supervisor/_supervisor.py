@@ -406,6 +406,7 @@ class Supervisor:
         return [child.info() for child in self._children if not child.starting]
 
     def count_children(self) -> ChildCounts:
+        """How many specs, how many RUNNING, split by kind. Never waits."""
         children = [c for c in self._children if not c.starting]
         supervisors = sum(1 for c in children if c.spec.is_supervisor)
         return ChildCounts(
@@ -417,6 +418,7 @@ class Supervisor:
 
     @property
     def running(self) -> bool:
+        """True while ``run()`` is active (the dynamic API works only then)."""
         return self._running
 
     # -- helpers for the API ---------------------------------------------------

@@ -21,12 +21,16 @@ KINDS = ("crash", "fail_next_start")
 
 @attrs.frozen
 class Fault:
+    """One fault of a schedule: at ``at`` seconds, ``"crash"`` ``child_id`` (if running)
+    or make its next start fail (``"fail_next_start"``)."""
+
     at: float  # seconds after the schedule starts
     child_id: Hashable
     kind: str  # "crash" or "fail_next_start"
 
 
 def faults(child_ids: Sequence[Hashable], *, max_at: float = 10.0) -> st.SearchStrategy[Fault]:
+    """One fault of either kind, for one of ``child_ids``, at a time in ``[0, max_at]``."""
     return st.builds(
         Fault,
         at=st.floats(min_value=0.0, max_value=max_at, allow_nan=False),

@@ -20,6 +20,14 @@ from corral._errors import InvalidSpec
 
 @attrs.frozen
 class CircuitBreaker:
+    """A pool's brake on workers that keep failing to start (``open_pool(circuit_breaker=)``).
+
+    After ``threshold`` consecutive start failures the circuit opens: no new worker is
+    started for ``cooldown`` seconds, and callers with no live worker to wait for get
+    ``CircuitOpen`` at once instead of waiting out ``checkout_timeout``. Then one trial
+    start (half open) closes it again or reopens it. Live workers keep serving.
+    """
+
     threshold: int = 5
     cooldown: float = 10.0
 
@@ -31,6 +39,9 @@ class CircuitBreaker:
 
 
 class CircuitState(enum.Enum):
+    """CLOSED (starts as needed), OPEN (no starts until the cooldown ends), HALF_OPEN
+    (one trial start); ``pool.statistics().circuit`` is its value."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

@@ -98,6 +98,7 @@ class CallRecord:
 
     @property
     def duration(self) -> float:
+        """Seconds from the call's start to its end."""
         return (self.end_ns - self.start_ns) / 1e9
 
 
@@ -703,9 +704,11 @@ class Pool:
             self._release(worker)
 
     def workers(self) -> list[WorkerInfo]:
+        """A frozen ``WorkerInfo`` per live worker (id, pid, state, calls served). Never waits."""
         return [w.info() for w in self._workers.values()]
 
     def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of the pool, cheap and safe to log or export. Never waits."""
         by_state = {state.name: 0 for state in WorkerState}
         for w in self._workers.values():
             by_state[w.state.name] += 1
@@ -846,10 +849,12 @@ class Lease:
 
     @property
     def id(self) -> str:
+        """The leased worker's id (as in ``pool.workers()`` and its logger's name)."""
         return self._worker.id
 
     @property
     def pid(self) -> int | None:
+        """The leased worker's process id."""
         return self._worker.pid
 
     def _check(self) -> Worker:
@@ -858,9 +863,11 @@ class Lease:
         return self._worker
 
     async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """``pool.call`` on this worker; raises ``PoolClosed`` after the lease's block."""
         return await self._check().call(name, *args, timeout=timeout)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        """``pool.run_sync`` on this worker; raises ``PoolClosed`` after the lease's block."""
         return await self._check().run_sync(fn, *args, timeout=timeout)
 
     def __repr__(self) -> str:
