@@ -1,9 +1,11 @@
 """Workers on other hosts, over OpenSSH: the same protocol on the same stdin/stdout.
 
 The remote host needs only ``python3`` and the handler module: the child runtime
-itself travels inside the command line (compressed source, ~12 KB), so corral need
-not be installed there. The remote worker ends when the connection does: sshd's
-session process is its parent (PDEATHSIG) and its stdin reaches EOF.
+itself travels inside the command line (compressed source, ~14 KB), so corral need
+not be installed there. The remote worker ends when the connection does: it is the
+child of sshd's session process (PDEATHSIG), its stdin reaches EOF, and a small
+watcher forked before the runtime starts kills the worker's whole process group
+(whatever the handler spawned) once the worker is gone. See docs/remote.md.
 """
 
 from __future__ import annotations
@@ -23,10 +25,44 @@ from corral.workers._launch import Launch
 
 _RUNTIME_FILES = ("__init__.py", "_frames.py", "_runtime.py")
 
+# Runs first on the remote side. Makes the worker lead its own process group, then
+# forks a watcher that keeps only the worker's original stdin and a pipe that only the
+# worker can write to. The watcher SIGKILLs the group when either hangs up: the worker
+# died (EOF, crash, PDEATHSIG when sshd's session ended), or the parent is gone (stdin
+# EOF, noticed even while a long call runs, when the runtime itself reads nothing).
+# Never group 1: kill(-1) means "everyone".
+_GROUP_WATCHER = """\
+import os
+def _corral_watch():
+ p=os.getpid()
+ try:
+  if os.getpgrp()!=p:os.setpgid(0,0)
+ except OSError:pass
+ if os.getpgrp()!=p or p<=1 or not hasattr(os,'fork'):return
+ r,w=os.pipe()
+ if os.fork():
+  os.close(r);return
+ try:
+  import _signal,select;_signal.signal(_signal.SIGINT,_signal.SIG_IGN)
+  os.closerange(1,r);os.closerange(r+1,1<<16)
+  q=select.poll();q.register(r,select.POLLIN)
+  try:
+   if os.fstat(0).st_mode&0o170000 in(0o10000,0o140000):q.register(0,getattr(select,'POLLRDHUP',0))
+  except OSError:pass
+  while not q.poll():pass
+  os.killpg(p,9)
+ finally:os._exit(0)
+_corral_watch()
+"""
+
 
 @functools.cache
 def remote_bootstrap() -> str:
-    """A ``python3 -c`` program that installs the child runtime from its own text."""
+    """A ``python3 -c`` program that installs the child runtime from its own text.
+
+    Usable with any launcher whose far side has only ``python3`` (ssh, ``docker run -i``,
+    ``kubectl exec -i``): ``[..., "python3", "-c", remote_bootstrap(), "myapp.handlers"]``.
+    """
     import _corral_child
 
     pkg = os.path.dirname(os.path.abspath(_corral_child.__file__))
@@ -35,7 +71,7 @@ def remote_bootstrap() -> str:
         with open(os.path.join(pkg, name), encoding="utf-8") as f:
             sources[name] = f.read()
     blob = base64.b64encode(zlib.compress(repr(sources).encode(), 9)).decode("ascii")
-    return (
+    return _GROUP_WATCHER + (
         "import sys,types,zlib,base64,ast\n"
         f"S=ast.literal_eval(zlib.decompress(base64.b64decode('{blob}')).decode())\n"
         "P=types.ModuleType('_corral_child');P.__path__=[];sys.modules['_corral_child']=P\n"
@@ -64,13 +100,28 @@ def _remote_env(value: object) -> dict[str, str] | None:
     return dict(value)
 
 
+def _remote_dir(path: str) -> str:
+    """Quote a remote directory for the remote shell, keeping a leading ``~``."""
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        return "~/" + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @attrs.frozen
 class SSH:
     """Run workers on ``host`` through the ``ssh`` client (keys, config, agents: yours).
 
     ``corral.open_pool("myapp.handlers", hosts=[SSH("gpu1"), SSH("gpu2", weight=2)])``.
-    ``python`` is the remote interpreter; ``cwd`` and ``env`` apply on the remote side;
-    ``options`` are extra ``ssh`` arguments (e.g. ``["-o", "StrictHostKeyChecking=no"]``).
+    ``python`` is the remote interpreter; ``cwd`` (``~/`` allowed) and ``env`` apply on
+    the remote side; ``options`` are extra ``ssh`` arguments (e.g. ``["-F", "cfg"]``);
+    they come before corral's own defaults, so they override them (ssh keeps the first
+    value it sees for an option).
     """
 
     host: str
@@ -84,25 +135,39 @@ class SSH:
     env: dict[str, str] | None = attrs.field(default=None, kw_only=True, converter=_remote_env)
     weight: float = attrs.field(default=1.0, kw_only=True)
     ssh: str = attrs.field(default="ssh", kw_only=True)
-    connect_timeout: int = attrs.field(default=10, kw_only=True)
+    connect_timeout: float = attrs.field(default=10, kw_only=True)
+    alive_interval: float = attrs.field(default=5, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host or self.host.startswith("-"):
             raise InvalidSpec("ssh.host", f"must be a host name, got {self.host!r}")
-        if not isinstance(self.weight, int | float) or not self.weight > 0:
+        if not _is_number(self.weight) or not self.weight > 0:
             raise InvalidSpec("ssh.weight", f"must be a number > 0, got {self.weight!r}")
-        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
+        if self.port is not None and not (
+            isinstance(self.port, int) and not isinstance(self.port, bool) and 0 < self.port < 65536
+        ):
             raise InvalidSpec("ssh.port", f"must be a TCP port, got {self.port!r}")
+        for field in ("connect_timeout", "alive_interval"):
+            value = getattr(self, field)
+            if not _is_number(value) or not value >= 1:
+                raise InvalidSpec(f"ssh.{field}", f"must be seconds >= 1, got {value!r}")
+        for field in ("module", "user", "identity_file", "cwd"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidSpec(f"ssh.{field}", f"must be a non-empty string or None, got {value!r}")
+        if self.user is not None and self.user.startswith("-"):
+            raise InvalidSpec("ssh.user", f"must be a user name, got {self.user!r}")
 
     @property
     def name(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
 
     def remote_command(self) -> str:
+        """The command line the remote login shell runs (POSIX sh syntax)."""
         parts = []
         if self.cwd:
-            parts.append(f"cd {shlex.quote(self.cwd)} &&")
-        parts.append("exec")
+            parts.append(f"cd {_remote_dir(self.cwd)} &&")
+        parts.append("exec")  # the shell becomes the worker: sshd's session is its parent
         if self.env:
             parts.append("env")
             parts.extend(shlex.quote(f"{k}={v}") for k, v in self.env.items())
@@ -112,14 +177,9 @@ class SSH:
         return " ".join(parts)
 
     def argv(self) -> list[str]:
-        argv = [
-            self.ssh,
-            "-T",  # no pty: the channel stays 8-bit clean
-            "-o", "BatchMode=yes",  # never prompt for a password
-            "-o", f"ConnectTimeout={self.connect_timeout}",
-            "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=3",
-        ]  # fmt: skip
+        # ssh keeps the FIRST value it gets for an option (command line before config
+        # files): the explicit fields, then the user's options, then our defaults.
+        argv = [self.ssh]
         if self.port is not None:
             argv += ["-p", str(self.port)]
         if self.user:
@@ -127,9 +187,26 @@ class SSH:
         if self.identity_file:
             argv += ["-i", self.identity_file]
         argv += list(self.options)
+        interval = max(1, round(self.alive_interval))
+        argv += [
+            "-T",  # no pty: the channel stays 8-bit clean
+            "-o", "BatchMode=yes",  # never prompt for a password or a host key
+            "-o", f"ConnectTimeout={max(1, round(self.connect_timeout))}",
+            "-o", f"ServerAliveInterval={interval}",  # a silent host: ssh exits within 3 intervals
+            "-o", "ServerAliveCountMax=3",
+            # One connection per worker: a dropped connection ends exactly its worker
+            # (sshd's session exits, PDEATHSIG), and no master process outlives the pool.
+            "-o", "ControlMaster=no",
+            "-o", "ControlPath=none",
+            "-o", "ForwardAgent=no",
+            "-o", "ForwardX11=no",
+            "-o", "ClearAllForwardings=yes",
+        ]  # fmt: skip
         argv += [self.host, "--", self.remote_command()]
         return argv
 
     def launch(self, worker_id: str) -> Launch:
         welcome: dict[str, Any] = {"module": self.module}
+        # CORRAL_PDEATHSIG / CORRAL_PARENT_PID describe the *local* parent: sshd does not
+        # forward them, and the remote worker's parent is sshd's session process.
         return Launch(tuple(self.argv()), None, None, ("pickle", "json"), welcome)
