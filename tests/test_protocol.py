@@ -385,3 +385,23 @@ def test_precompile_child() -> None:
     assert P.precompile_child()  # fresh caches are not rewritten
     assert Path(cache).stat().st_mtime_ns == before
     assert Path(cache).read_bytes()[:4] == importlib.util.MAGIC_NUMBER
+
+
+def test_take_big_moves_a_large_partial_frame_out_of_the_buffer() -> None:
+    payload = bytes(range(256)) * 2048  # 512 KiB
+    data = P.encode_frame(payload)
+    dec = P.FrameDecoder()
+    assert dec.feed(data[:70000]) == []
+    big = dec.take_big()
+    assert big is not None
+    frame, have = big
+    assert len(frame) == len(payload) and have == 70000 - 4
+    frame[have:] = data[70000:]
+    assert bytes(frame) == payload
+    assert dec.pending == 0 and dec.feed(P.encode_frame(b"next")) == [b"next"]
+
+
+def test_take_big_leaves_small_or_complete_frames_alone() -> None:
+    dec = P.FrameDecoder()
+    assert dec.feed(P.encode_frame(b"x" * 100)[:50]) == []
+    assert dec.take_big() is None  # small: the decoder keeps buffering it

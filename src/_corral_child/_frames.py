@@ -109,6 +109,29 @@ class FrameDecoder:
         """Bytes received but not yet returned as part of a frame."""
         return len(self._buf) - self._pos
 
+    def take_big(self, threshold: int = 1 << 18) -> tuple[bytearray, int] | None:
+        """Move a large, incomplete frame out of the buffer.
+
+        Returns a bytearray of the frame's final size holding the bytes received so far,
+        and how many those are, so the caller can read the rest straight into it: one
+        copy from the kernel instead of buffering, joining and slicing. None when the
+        buffer holds no incomplete frame of at least ``threshold`` bytes.
+        """
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 4 or self._error is not None:
+            return None
+        n = int.from_bytes(buf[pos : pos + 4], "big")
+        if n < threshold or avail >= 4 + n or n > self.max_frame:
+            return None
+        frame = bytearray(n)
+        have = avail - 4
+        frame[:have] = buf[pos + 4 :]
+        buf.clear()
+        self._pos = 0
+        return frame, have
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self._error is not None:
             raise self._error

@@ -303,7 +303,10 @@ def _serve(
             except _frames.ProtocolError as exc:
                 _fatal(_frames.EXIT_PROTOCOL_ERROR, str(exc))
             if not frames:
-                continue
+                big = decoder.take_big()
+                if big is None:
+                    continue
+                frames = [_read_rest(req_fd, *big)]  # type: ignore[list-item]
         for frame in frames:
             try:
                 msg = loads(frame)
@@ -390,6 +393,20 @@ def _serve(
             else:
                 _bad_request(msg, send, dumps, is_pickle, max_frame)
         frames = []
+
+
+def _read_rest(fd: int, frame: bytearray, have: int) -> bytearray:
+    """Read the rest of a large frame straight into its final buffer."""
+    view = memoryview(frame)
+    size = len(frame)
+    readv = os.readv
+    while have < size:
+        n = readv(fd, [view[have:]])
+        if not n:
+            _exit(_frames.EXIT_OK)  # EOF in the middle of a request: the parent is gone
+        have += n
+    view.release()
+    return frame
 
 
 def _bad_request(msg: Any, send: Any, dumps: Any, is_pickle: bool, max_frame: int) -> None:

@@ -171,6 +171,7 @@ class Worker:
         self._codec: frames.Codec = frames.get_codec("json")
         self._decoder = frames.FrameDecoder(_HANDSHAKE_MAX)
         self._frames: deque[bytes] = deque()
+        self._big: tuple[bytearray, int] | None = None  # a large reply being read in place
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._slot = _Gate()  # one call in flight: SIGINT is never ambiguous
@@ -385,6 +386,10 @@ class Worker:
             fd = self._proc.stdout_fd
             if fd is None:
                 raise _EOF
+            if self._big is not None:  # a large frame, read straight into its buffer
+                frames_.append(await self._read_big(fd, self._big))
+                self._big = None
+                break
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
@@ -398,7 +403,33 @@ class Worker:
             if not data:
                 raise _EOF
             frames_.extend(self._feed(data))
+            if not frames_:
+                self._big = self._decoder.take_big()
         return frames_.popleft()
+
+    async def _read_big(self, fd: int, big: tuple[bytearray, int]) -> bytes:
+        frame, have = big
+        view = memoryview(frame)
+        size = len(frame)
+        try:
+            while have < size:
+                try:
+                    n = os.readv(fd, [view[have:]])
+                except BlockingIOError:
+                    self._big = (frame, have)  # a cancelled reader leaves it resumable
+                    try:
+                        await trio.lowlevel.wait_readable(fd)
+                    except trio.ClosedResourceError:
+                        raise _EOF from None
+                    continue
+                except OSError:
+                    raise _EOF from None
+                if not n:
+                    raise _EOF
+                have += n
+        finally:
+            view.release()
+        return frame  # type: ignore[return-value]  # bytearray: every codec reads it as bytes
 
     def _feed(self, data: bytes) -> list[bytes]:
         try:
