@@ -66,4 +66,5 @@ async def apply_schedule(sup: Supervisor, schedule: Sequence[Fault]) -> list[Fau
         else:
             fail_next_start(sup, fault.child_id)
         applied.append(fault)
+    await trio.testing.wait_all_tasks_blocked()  # let the tree react to the last fault
     return applied
