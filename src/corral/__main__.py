@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="a supervised pool under load while faults are injected")
-    demo.add_argument("--seconds", type=float, default=15.0, help="how long the demo runs (seconds)")
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long the demo runs (seconds)")
     from corral._procman import add_run_parser, run_command
 
     add_run_parser(sub)

@@ -162,17 +162,30 @@ async def _main(seconds: float, live: bool) -> None:
                         f"restarts={st.restarts} circuit={st.circuit}"
                     )
 
-            if live:
-                from rich.live import Live
+            interrupted = trio.Event()
 
-                with Live(_render(pool, say, seconds), refresh_per_second=8, transient=False) as view:
-                    with trio.move_on_after(seconds):
-                        while True:
-                            await trio.sleep(0.125)
+            async def ctrl_c() -> None:
+                # Ctrl-C ends the demo early but in order: same shutdown, same summary.
+                with trio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        interrupted.set()
+                        return
+
+            nursery.start_soon(ctrl_c)
+            with trio.move_on_after(seconds):
+                if live:
+                    from rich.live import Live
+
+                    with Live(_render(pool, say, seconds), refresh_per_second=8, transient=False) as view:
+                        while not interrupted.is_set():
+                            with trio.move_on_after(0.125):
+                                await interrupted.wait()
                             view.update(_render(pool, say, seconds))
-            else:
-                nursery.start_soon(stats)
-                await trio.sleep(seconds)
+                else:
+                    nursery.start_soon(stats)
+                    await interrupted.wait()
+            if interrupted.is_set():
+                say("Ctrl-C: stopping the load and closing the pool in order")
             stop.set()
             nursery.cancel_scope.cancel()
         st = pool.statistics()
@@ -188,7 +201,7 @@ async def _main(seconds: float, live: bool) -> None:
         print(f"  latency p50/p99   {st.latency_p50 * 1000:.1f} / {st.latency_p99 * 1000:.1f} ms")
 
 
-def run_demo(seconds: float = 15.0, *, live: bool | None = None) -> int:
+def run_demo(seconds: float = 20.0, *, live: bool | None = None) -> int:
     """Ends by itself after ``seconds``, or cleanly on Ctrl-C with the summary."""
     logging.getLogger("corral").setLevel(logging.CRITICAL)  # we print what matters ourselves
     if live is None:
