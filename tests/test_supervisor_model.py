@@ -18,9 +18,10 @@ dyadic fractions, so float sums are exact on both sides.
 The model (class ``Model``) encodes DESIGN.md §2:
 - PERMANENT always restarts; TRANSIENT only after an abnormal exit; TEMPORARY never,
   and its spec is forgotten whenever it stops (also as a bystander or by terminate).
-- one_for_one restarts the dead child; one_for_all stops the other live children in
-  reverse order, then starts the group in order; rest_for_one does that for the dead
-  child and the live children after it. Children stopped on purpose stay stopped.
+- one_for_one restarts the dead child; one_for_all stops the other running children in
+  reverse order, then starts the whole group in order; rest_for_one does that for the
+  dead child and every child after it. As in OTP, a member that was stopped (by
+  terminate_child or a TRANSIENT normal exit) is started with its group.
 - Restart intensity: a sliding window of restart attempts, failed ones included; a
   stamp exactly ``max_seconds`` old still counts; more than ``max_restarts`` → every
   child stopped in reverse order and ``run()`` raises ``RestartIntensityExceeded``.
@@ -328,7 +329,7 @@ class Model:
         if self.strategy is Strategy.ONE_FOR_ONE:
             return [c]
         first = 0 if self.strategy is Strategy.ONE_FOR_ALL else self.children.index(c)
-        return [o for o in self.children[first:] if o is c or o.state in (RUNNING, RESTARTING)]
+        return list(self.children[first:])  # OTP: the whole group, stopped members too
 
     def _count_restart(self) -> None:
         window_start = self.now - self.max_seconds

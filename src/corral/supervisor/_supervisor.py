@@ -537,12 +537,16 @@ class Supervisor:
     # -- restarts --------------------------------------------------------------
 
     def _group(self, child: Child) -> list[Child]:
-        """The children a crash of ``child`` restarts, in start order."""
+        """The children a crash of ``child`` restarts, in start order.
+
+        As OTP's ``restart_multiple_children``: every child of the group, also one that
+        was stopped (by ``terminate_child`` or a TRANSIENT normal exit) — the group is
+        restarted as the whole it was specified to be. Temporary children never return.
+        """
         if self.strategy is Strategy.ONE_FOR_ONE:
             return [child]
-        live = (ChildState.RUNNING, ChildState.RESTARTING)
         start = 0 if self.strategy is Strategy.ONE_FOR_ALL else self._children.index(child)
-        return [c for c in self._children[start:] if c is child or c.state in live]
+        return [c for c in self._children[start:] if not c.starting]
 
     async def _restart(self, child: Child) -> None:
         """One automatic restart attempt of ``child`` (and its group), counted.
