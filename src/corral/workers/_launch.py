@@ -70,31 +70,45 @@ class PythonModule:
     """The default: corral's Python child runtime serving a module of plain functions.
 
     The child sees the parent's ``sys.path``, so whatever the parent imports, the
-    worker imports. ``module=None`` serves only ``run_sync``.
+    worker imports. ``module=None`` serves only ``run_sync``. ``precompile`` writes the
+    handler module's bytecode cache (as ``compileall`` would) even under
+    PYTHONDONTWRITEBYTECODE, so that no worker compiles it again at start-up.
     """
 
     module: str | None
     python: str = sys.executable
     env: dict[str, str] | None = attrs.field(default=None, converter=_env)
     cwd: str | None = None
+    precompile: bool = True  # write the handler module's bytecode cache once, in the parent
 
     def __attrs_post_init__(self) -> None:
         if self.module is not None and (not isinstance(self.module, str) or not self.module):
             raise InvalidSpec("handlers", f"must be a module name like 'myapp.handlers', got {self.module!r}")
 
     def launch(self, worker_id: str) -> Launch:
-        from corral.workers._protocol import child_argv, precompile_child
+        from corral.workers._protocol import (
+            child_argv,
+            ensure_bytecode,
+            module_sources,
+            precompile_child,
+        )
 
         global _precompiled
         if not _precompiled:
             precompile_child()  # a worker compiling the runtime starts ~70% slower
             _precompiled = True
+        if self.precompile and self.module is not None and self.module not in _compiled_modules:
+            # The handler module too (and its packages): compiled once here, not per worker.
+            _compiled_modules.add(self.module)
+            for source in module_sources(self.module, sys.path):
+                ensure_bytecode(source)
         argv = tuple(child_argv(self.module, python=self.python))
         welcome = {"module": self.module, "sys_path": [p if p else os.getcwd() for p in sys.path]}
         return Launch(argv, self.env, self.cwd, ("pickle", "json"), welcome)
 
 
 _precompiled = False
+_compiled_modules: set[str] = set()
 
 
 class Launcher(Protocol):
