@@ -34,6 +34,7 @@ from corral._errors import (
 from corral.supervisor._spec import Backoff, ChildSpec, Restart
 from corral.supervisor._supervisor import DynamicSupervisor, _collapse, _reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
+from corral.workers._forkserver import ForkServer, ForkServerLauncher
 from corral.workers._launch import Command, Launcher, PythonModule, as_launcher
 from corral.workers._remote import SSH
 from corral.workers._worker import Worker, WorkerInfo, WorkerState
@@ -161,6 +162,7 @@ class Pool:
         max_frame: int = 64 * 1024 * 1024,
         name: str | None = None,
         hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
+        start_method: str = "spawn",
     ) -> None:
         if isinstance(handlers, str | type(None)):
             launcher: Command | PythonModule = PythonModule(handlers, env=dict(env) if env else None, cwd=cwd)
@@ -239,7 +241,24 @@ class Pool:
             backoff=backoff,
             name=f"{self.name}.supervisor",
         )
+        if start_method not in ("spawn", "forkserver"):
+            raise InvalidSpec("start_method", f'must be "spawn" or "forkserver", got {start_method!r}')
+        if start_method == "forkserver" and (
+            hosts is not None or not isinstance(self._launcher, PythonModule)
+        ):
+            raise InvalidSpec(
+                "start_method",
+                '"forkserver" forks local Python workers only (no hosts=, no corral.Command)',
+            )
+        self.start_method = start_method
+        self._forkserver: ForkServerLauncher | None = None
         self._placements = self._make_placements(handlers, hosts, circuit_breaker)
+        if start_method == "forkserver":
+            assert isinstance(self._launcher, PythonModule)
+            base = self._launcher
+            server = ForkServer(base.module, base.python, base.env, base.cwd)
+            self._forkserver = ForkServerLauncher(base, server)
+            self._placements[0].launcher = self._forkserver
         self._placement_of: dict[Worker, _Placement] = {}
         self._slot_ids = itertools.count(1)
         self._incarnations = itertools.count(1)
@@ -753,6 +772,8 @@ class Pool:
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._forkserver is not None:
+                await nursery.start(self._run_forkserver)
             await nursery.start(self._sup.run)
             if not self.lazy:
                 await self._start_eagerly()
@@ -761,6 +782,30 @@ class Pool:
             self._open = True
             nursery.start_soon(self._housekeeping)
             task_status.started()
+
+    async def _run_forkserver(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep a fork-server template running; a new one replaces one that died (its
+        workers die with it, by PDEATHSIG, and the supervisor restarts them)."""
+        assert self._forkserver is not None
+        launcher = self._forkserver
+        started = False
+        while True:
+            try:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(launcher.server.run)
+                        if not started:
+                            started = True
+                            task_status.started()
+                except BaseExceptionGroup as group:
+                    _reraise(_collapse(group))
+            except CorralError as exc:
+                if not started:
+                    raise
+                logger.warning("[%s] fork server failed: %s; starting a new one", self.name, exc)
+            await trio.sleep(0.05)
+            base = launcher.base
+            launcher.server = ForkServer(base.module, base.python, base.env, base.cwd)
 
     async def _start_eagerly(self, count: int | None = None) -> None:
         """Start every worker at once; fail the open if any of them cannot start."""

@@ -219,9 +219,13 @@ class Worker:
             raise RuntimeError(f"{self!r} already ran; a Worker is one process incarnation")
         self._ran = True
         launch = self._launcher.launch(self.id)
+        spawn = getattr(self._launcher, "spawn", None)  # e.g. the fork server's
         try:
-            proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
-        except OSError as exc:
+            if spawn is not None:
+                proc = await spawn(self.id, launch)
+            else:
+                proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
+        except (OSError, CorralError) as exc:
             self._to(WorkerState.FAILED)
             self.last_exit = f"spawn failed: {exc}"
             raise WorkerCrashed(f"worker {self.id}: could not start {launch.argv[0]!r}: {exc}") from exc
