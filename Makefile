@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench bench-peers docs clean
+.PHONY: demo test lint typecheck pytest bench bench-supervisor bench-peers docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+# Every benchmark; each rewrites its own block of docs/benchmarks.md.
+bench: bench-supervisor bench-peers
+
+bench-supervisor: $(STAMP)
 	$(BIN)/python -m benchmarks.supervisor_overhead
 
 # corral side by side with trio-parallel, anyio, PPE, mp.Pool, pebble, loky and a bare-pipe floor

@@ -37,7 +37,7 @@ BEGIN = "<!-- peers:generated:begin (benchmarks/peers.py --update-docs rewrites 
 END = "<!-- peers:generated:end -->"
 
 ORDER = list(SYSTEMS)  # floor, corral, then the peers
-PEERS = [s for s in ORDER if s not in ("floor", "corral")]
+PEERS = [s for s in ORDER if s != "floor" and not s.startswith("corral")]
 METRICS = ["cold", "latency", "throughput", "echo", "crash", "cancel", "busy64", "ready"]
 
 Result = dict[str, Any]
@@ -217,6 +217,7 @@ def summarize(data: Result) -> Result:
     extra: Result = {
         "ready_ms": med(ready, "ready_ms"),
         "ready_nomodule_ms": med(ready, "ready_nomodule_ms"),
+        "ready_forkserver_ms": med(ready, "ready_forkserver_ms"),
         "python_c_pass_ms": med(ready, "python_c_pass_ms"),
         "ready_ratio": statistics.median(ready_ratios) if ready_ratios else None,
         "ready_nomodule_ratio": statistics.median(
@@ -349,7 +350,8 @@ def targets(summary: Result) -> list[tuple[str, str, bool | None]]:
             f"worker start-to-READY ≤ 1.2{X} `python -c pass`",
             f"{_f(rr, '.2f')}{X} ({_f(ready['ready_ms'], '.1f')} ms vs "
             f"{_f(ready['python_c_pass_ms'], '.1f')} ms; "
-            f"no handler module: {_f(ready['ready_nomodule_ratio'], '.2f')}{X})",
+            f"no handler module: {_f(ready['ready_nomodule_ratio'], '.2f')}{X}; "
+            f"forkserver: {_f(ready.get('ready_forkserver_ms'), '.1f')} ms)",
             None if rr is None else rr <= 1.2,
         )
     )
@@ -378,7 +380,7 @@ def machine_text(info: Result) -> str:
 
 
 def _colors(names: list[str]) -> list[str]:
-    return ["#d62728" if n == "corral" else "#7f7f7f" if n == "floor" else "#1f77b4" for n in names]
+    return ["#d62728" if n.startswith("corral") else "#7f7f7f" if n == "floor" else "#1f77b4" for n in names]
 
 
 def plot(summary: Result, info: Result) -> list[str]:

@@ -287,11 +287,24 @@ async def m_ready(system: str, p: Result) -> Result:
     """corral only: one worker's spawn-to-READY against ``python -c pass`` (spawn to exit),
     interleaved, same interpreter."""
     from corral.workers import PythonModule, Worker
+    from corral.workers._forkserver import ForkServer, ForkServerLauncher
 
     reps = int(p.get("reps", 9))
     bare: list[float] = []
     ready: list[float] = []
     ready_nomod: list[float] = []
+    forked: list[float] = []
+    async with trio.open_nursery() as servers:
+        server = await servers.start(ForkServer("benchmarks.handlers").run)
+        launcher = ForkServerLauncher(PythonModule("benchmarks.handlers"), server)
+        for _ in range(reps):
+            worker = Worker(launcher)
+            async with trio.open_nursery() as nursery:
+                t = time.perf_counter()
+                await nursery.start(worker.run)
+                forked.append(time.perf_counter() - t)
+                worker.stop()
+        servers.cancel_scope.cancel()
     for _ in range(reps):
         t = time.perf_counter()
         # Spawned from the trio thread on purpose, as corral spawns its workers.
@@ -308,6 +321,7 @@ async def m_ready(system: str, p: Result) -> Result:
         "python_c_pass_ms": statistics.median(bare) * 1e3,
         "ready_ms": statistics.median(ready) * 1e3,
         "ready_nomodule_ms": statistics.median(ready_nomod) * 1e3,
+        "ready_forkserver_ms": statistics.median(forked) * 1e3,
     }
 
 

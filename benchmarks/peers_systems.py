@@ -98,6 +98,14 @@ async def _corral(size: int) -> AsyncIterator[Caller]:
         yield _CorralCaller(pool)
 
 
+@asynccontextmanager
+async def _corral_forkserver(size: int) -> AsyncIterator[Caller]:
+    import corral
+
+    async with corral.open_pool(HANDLERS, size=size, start_method="forkserver") as pool:
+        yield _CorralCaller(pool)
+
+
 # -- trio-parallel -----------------------------------------------------------------
 
 
@@ -435,6 +443,7 @@ async def _floor(size: int) -> AsyncIterator[Caller]:
 SYSTEMS: dict[str, Callable[[int], AbstractAsyncContextManager[Caller]]] = {
     "floor": _floor,
     "corral": _corral,
+    "corral (forkserver)": _corral_forkserver,
     "trio-parallel": _trio_parallel,
     "anyio.to_process": _anyio,
     "pebble": _pebble,
@@ -447,6 +456,7 @@ SYSTEMS: dict[str, Callable[[int], AbstractAsyncContextManager[Caller]]] = {
 IMPORTS: dict[str, tuple[str, ...]] = {
     "floor": ("subprocess",),
     "corral": ("corral",),
+    "corral (forkserver)": ("corral",),
     "trio-parallel": ("trio_parallel",),
     "anyio.to_process": ("anyio", "anyio.to_process"),
     "pebble": ("pebble",),
