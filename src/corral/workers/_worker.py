@@ -19,7 +19,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -87,6 +87,7 @@ class WorkerInfo:
 
 
 _ids = itertools.count(1)
+_T = TypeVar("_T")
 _HANDSHAKE_MAX = 1 << 20
 
 
@@ -125,6 +126,25 @@ class _Gate:
 
 class _EOF(Exception):
     pass
+
+
+async def _read_when_ready(fd: int, read: Callable[..., _T], *args: Any) -> _T:
+    """``read(*args)`` on a non-blocking fd, waiting until it is readable; the end of
+    the channel in any form (EOF, a closed or broken fd) is ``_EOF``."""
+    while True:
+        try:
+            result = read(*args)
+        except BlockingIOError:
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                raise _EOF from None
+            continue
+        except OSError:
+            raise _EOF from None
+        if not result:
+            raise _EOF
+        return result
 
 
 class Worker:
@@ -394,45 +414,18 @@ class Worker:
                 frames_.append(await self._read_big(fd, self._big))
                 self._big = None
                 break
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                try:
-                    await trio.lowlevel.wait_readable(fd)
-                except trio.ClosedResourceError:
-                    raise _EOF from None
-                continue
-            except OSError:
-                raise _EOF from None
-            if not data:
-                raise _EOF
-            frames_.extend(self._feed(data))
+            frames_.extend(self._feed(await _read_when_ready(fd, os.read, fd, 65536)))
             if not frames_:
                 self._big = self._decoder.take_big()
         return frames_.popleft()
 
     async def _read_big(self, fd: int, big: tuple[bytearray, int]) -> bytes:
         frame, have = big
-        view = memoryview(frame)
         size = len(frame)
-        try:
+        with memoryview(frame) as view:
             while have < size:
-                try:
-                    n = os.readv(fd, [view[have:]])
-                except BlockingIOError:
-                    self._big = (frame, have)  # a cancelled reader leaves it resumable
-                    try:
-                        await trio.lowlevel.wait_readable(fd)
-                    except trio.ClosedResourceError:
-                        raise _EOF from None
-                    continue
-                except OSError:
-                    raise _EOF from None
-                if not n:
-                    raise _EOF
-                have += n
-        finally:
-            view.release()
+                self._big = (frame, have)  # a cancelled reader leaves it resumable
+                have += await _read_when_ready(fd, os.readv, fd, [view[have:]])
         return frame  # type: ignore[return-value]  # bytearray: every codec reads it as bytes
 
     def _feed(self, data: bytes) -> list[bytes]:
