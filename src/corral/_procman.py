@@ -57,6 +57,7 @@ from corral.supervisor import (
     SupervisorStopped,
     current_child,
 )
+from corral.workers._process import open_pidfd
 
 DEFAULT_SHUTDOWN = 5.0
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -66,7 +67,6 @@ KILL_WAIT_SECONDS = 5.0  # after SIGKILL: how long to wait for the kernel to end
 MAX_LINE = 64 * 1024  # a longer line without a newline is cut into pieces of this size
 
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_HAVE_PIDFD = hasattr(os, "pidfd_open")
 
 
 # ---------------------------------------------------------------------------------
@@ -691,12 +691,7 @@ class _Spawned:
         self.returncode: int | None = None
         self.stdout = _Pipe(out_r, lambda lines: on_lines("out", lines))
         self.stderr = _Pipe(err_r, lambda lines: on_lines("err", lines))
-        self._pidfd: int | None = None
-        if _HAVE_PIDFD:
-            try:
-                self._pidfd = os.pidfd_open(self.pid)
-            except OSError:
-                self._pidfd = None
+        self._pidfd: int | None = open_pidfd(self.pid)
 
     def signal_group(self, sig: int) -> None:
         """Signal the whole group; never after reaping (the pgid could be reused)."""

@@ -29,7 +29,7 @@ import trio
 
 from corral._errors import CorralError
 from corral.workers._launch import Launch, PythonModule
-from corral.workers._process import Process, _grow_pipe
+from corral.workers._process import Process, _grow_pipe, open_pidfd
 from corral.workers._protocol import child_src_dir
 
 
@@ -55,10 +55,7 @@ class ForkedProcess(Process):
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self.stderr = trio.lowlevel.FdStream(stderr_fd)
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
+        self._pidfd = open_pidfd(pid)
         self.returncode = None
         self._exited = trio.Event()
 

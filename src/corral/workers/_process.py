@@ -19,6 +19,17 @@ import trio
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
 
 
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (Linux 5.3+): readable once the process exits, for any
+    process, child or not. None where the kernel has none: callers poll instead."""
+    if not _HAVE_PIDFD:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
 _PIPE_SIZE = 1 << 20
 
 
@@ -79,12 +90,7 @@ class Process:
         self.stdin_fd: int | None = in_w
         self.stdout_fd: int | None = out_r
         self.stderr = trio.lowlevel.FdStream(err_r)
-        self._pidfd: int | None = None
-        if _HAVE_PIDFD:
-            try:
-                self._pidfd = os.pidfd_open(self.pid)
-            except OSError:
-                self._pidfd = None
+        self._pidfd: int | None = open_pidfd(self.pid)
         self.returncode: int | None = None
         self._exited = trio.Event()
 
