@@ -441,7 +441,7 @@ def make_hello(
     pid: int,
     runtime: str,
     codecs: Sequence[str] = CODEC_NAMES,
-    capabilities: Sequence[str] = ("call", "apply", "ping", "cancel"),
+    capabilities: Sequence[str] = ("call", "apply", "ping", "cancel", "pipeline"),
 ) -> dict[str, Any]:
     return {
         "t": "hello",

@@ -163,6 +163,7 @@ class Pool:
         name: str | None = None,
         hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
         start_method: str = "spawn",
+        pipeline: int = 1,
     ) -> None:
         if isinstance(handlers, str | type(None)):
             launcher: Command | PythonModule = PythonModule(handlers, env=dict(env) if env else None, cwd=cwd)
@@ -199,6 +200,8 @@ class Pool:
         ):
             _check_number(field, value, allow_none=False)
         _check_int("max_requests", max_requests, minimum=1)
+        _check_int("pipeline", pipeline, minimum=1, allow_none=False)
+        self.pipeline = pipeline
         _check_int("max_waiting", max_waiting, minimum=0)
         _check_int("max_restarts", max_restarts, minimum=0)
         _check_int("max_frame", max_frame, minimum=1024, allow_none=False)
@@ -269,7 +272,9 @@ class Pool:
         self._session_waiters: dict[Worker, deque[_Waiter]] = {}
         self._sessions: dict[Hashable, tuple[Worker, float]] = {}
         self._lost_sessions: set[Hashable] = set()
-        self._leased: set[Worker] = set()
+        self._leased: dict[Worker, int] = {}  # worker -> callers holding one of its places
+        self._exclusive: set[Worker] = set()  # under an exclusive lease (pipelined workers)
+        self._recycling: set[Worker] = set()
         self._pending_slots = 0
         self._closed = False
         self._open = False
@@ -382,6 +387,7 @@ class Pool:
             max_frame=self.max_frame,
             capture_stderr=self.capture_stderr,
             on_state=self._on_worker_state,
+            pipeline=self.pipeline,
         )
         self._workers[worker.id] = worker
         self._placement_of[worker] = placement
@@ -404,10 +410,13 @@ class Pool:
         if self._subscribers or logger.isEnabledFor(logging.DEBUG):
             self._emit(worker, "state", f"{old.name} -> {new.name}")
         if new is WorkerState.READY:
-            if old is WorkerState.STARTING and worker in self._placement_of:
-                self._placement_of[worker].circuit.record_success()
-            if worker not in self._leased:
-                # Fresh, or back from an interrupted call whose caller has left.
+            if old is WorkerState.STARTING:
+                if worker in self._placement_of:
+                    self._placement_of[worker].circuit.record_success()
+                for _ in range(worker.depth):  # one place per request it may hold
+                    self._checkin(worker)
+            elif worker not in self._leased and worker.depth == 1:
+                # Back from an interrupted call whose caller has left.
                 self._checkin(worker)
         elif new in (WorkerState.FAILED, WorkerState.STOPPED):
             self._forget(worker)
@@ -415,10 +424,10 @@ class Pool:
     def _forget(self, worker: Worker) -> None:
         if self._workers.pop(worker.id, None) is None:
             return
-        self._leased.discard(worker)
-        if worker in self._idle:
-            self._idle.remove(worker)
-        self._idle_since.pop(worker, None)
+        self._leased.pop(worker, None)
+        self._exclusive.discard(worker)
+        self._recycling.discard(worker)
+        self._remove_places(worker)
         for session, (bound, _) in list(self._sessions.items()):
             if bound is worker:
                 del self._sessions[session]
@@ -469,6 +478,8 @@ class Pool:
 
     async def _recycle(self, worker: Worker) -> None:
         """A planned replacement (max_requests, max_age, max_memory_mb): not a restart."""
+        self._recycling.add(worker)
+        self._remove_places(worker)
         self._emit(worker, "recycle")
         slot = self._slot_of(worker)
         if slot is None:
@@ -487,13 +498,31 @@ class Pool:
 
     # -- checkout --------------------------------------------------------------
 
+    def _remove_places(self, worker: Worker) -> None:
+        while worker in self._idle:
+            self._idle.remove(worker)
+        self._idle_since.pop(worker, None)
+
+    def _hold(self, worker: Worker) -> None:
+        self._leased[worker] = self._leased.get(worker, 0) + 1
+
+    def _unhold(self, worker: Worker) -> None:
+        n = self._leased.get(worker, 0) - 1
+        if n > 0:
+            self._leased[worker] = n
+        else:
+            self._leased.pop(worker, None)
+
     def _checkin(self, worker: Worker) -> None:
-        """A READY worker is free: hand it to the first waiter that may use it."""
-        self._leased.discard(worker)
-        if worker.state is not WorkerState.READY or worker.id not in self._workers:
+        """One place on a worker is free: hand it to the first waiter that may use it.
+        (A worker has one place, or ``pipeline`` places when it pipelines requests.)"""
+        if not worker.available or worker.id not in self._workers or worker in self._recycling:
             return
         if self._recycle_due(worker):
             self._nursery_start(self._recycle, worker)
+            return
+        if worker in self._exclusive:  # its lease holder alone may use it
+            self._idle.append(worker)
             return
         queue = self._session_waiters.get(worker)
         while queue:
@@ -510,7 +539,7 @@ class Pool:
         self._idle_since[worker] = trio.current_time()
 
     def _lease(self, worker: Worker, waiter: _Waiter) -> None:
-        self._leased.add(worker)
+        self._hold(worker)
         waiter.worker = worker
         waiter.event.set()
 
@@ -570,13 +599,21 @@ class Pool:
             best = min(reversed(self._idle), key=lambda w: load.get(w, 0))
             self._idle.remove(best)
             self._idle.append(best)
-        while self._idle:
-            worker = self._idle.pop()
-            self._idle_since.pop(worker, None)
-            if worker.available and worker.id in self._workers:
-                self._leased.add(worker)
-                return worker
-        return None
+        skipped: list[Worker] = []
+        try:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker in self._exclusive:
+                    skipped.append(worker)
+                    continue
+                if worker not in self._idle:
+                    self._idle_since.pop(worker, None)
+                if worker.available and worker.id in self._workers:
+                    self._hold(worker)
+                    return worker
+            return None
+        finally:
+            self._idle.extend(reversed(skipped))
 
     async def _acquire_any(self, timeout: float | None, *, spread: bool = False) -> Worker:
         await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
@@ -603,11 +640,12 @@ class Pool:
             # It died and the pool has not noticed yet: unbind now, so it is lost once.
             del self._sessions[session]
             raise SessionLost(f"the worker that held session {session!r} died; its state is gone")
-        if worker in self._idle:
+        if worker in self._idle and worker not in self._exclusive:
             await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
             self._idle.remove(worker)
-            self._idle_since.pop(worker, None)
-            self._leased.add(worker)
+            if worker not in self._idle:
+                self._idle_since.pop(worker, None)
+            self._hold(worker)
             self._sessions[session] = (worker, trio.current_time())
             return worker
         waiter = _Waiter()
@@ -650,10 +688,10 @@ class Pool:
             pass
 
     def _release(self, worker: Worker) -> None:
-        self._leased.discard(worker)
+        self._unhold(worker)
         if self._subscribers:
             self._emit(worker, "checkin")
-        if worker.state is WorkerState.READY:
+        if worker.available:
             self._checkin(worker)
         # else: an interrupted call is unwinding (checked in when READY) or it died.
         if self._closed and not self._leased:
@@ -715,11 +753,20 @@ class Pool:
         """An exclusive lease on one worker for several calls."""
         worker = await self._acquire(session, timeout)
         lease = Lease(worker, self)
+        exclusive = worker.depth > 1
+        if exclusive:  # a pipelining worker: no new requests from others until the end
+            self._exclusive.add(worker)
         self._emit(worker, "checkout")
         try:
             yield lease
         finally:
             lease._valid = False
+            if exclusive:
+                self._exclusive.discard(worker)
+                held = self._idle.count(worker)
+                self._remove_places(worker)
+                for _ in range(held):  # its places go to whoever waited meanwhile
+                    self._checkin(worker)
             self._release(worker)
 
     def workers(self) -> list[WorkerInfo]:
@@ -836,16 +883,18 @@ class Pool:
             now = trio.current_time()
             if self.lazy:
                 for worker, since in list(self._idle_since.items()):
-                    if now - since >= self.idle_timeout and len(self._workers) > self.min_size:
-                        self._idle.remove(worker)
-                        self._idle_since.pop(worker, None)
+                    if (
+                        now - since >= self.idle_timeout
+                        and len(self._workers) > self.min_size
+                        and worker not in self._leased
+                    ):
+                        self._remove_places(worker)
                         slot = self._slot_of(worker)
                         if slot is not None:
                             self._nursery_start(self._shrink, slot)
-            for worker in list(self._idle):
-                if self._recycle_due(worker):
-                    self._idle.remove(worker)
-                    self._idle_since.pop(worker, None)
+            for worker in set(self._idle):
+                if worker not in self._recycling and self._recycle_due(worker):
+                    self._remove_places(worker)
                     self._nursery_start(self._recycle, worker)
             if self.session_ttl is not None:
                 for session, (_, last) in list(self._sessions.items()):

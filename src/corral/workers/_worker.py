@@ -92,12 +92,41 @@ _HANDSHAKE_MAX = 1 << 20
 
 
 class _Pending:
-    """A request in flight. Its error is set if the worker dies first."""
+    """A request in flight: its reply once read (by whichever caller is reading), or
+    the error if the worker dies first. ``event`` exists only while its caller waits
+    for another caller to read the reply for it."""
 
-    __slots__ = ("error",)
+    __slots__ = ("abandoned", "error", "event", "msg")
 
     def __init__(self) -> None:
         self.error: BaseException | None = None
+        self.msg: Any = None
+        self.event: trio.Event | None = None
+        self.abandoned = False  # its caller was cancelled: the reply is discarded
+
+
+class _Capacity:
+    """How many requests may be in flight; acquiring a free place costs no scheduling,
+    and a released place passes straight to the next waiter (FIFO)."""
+
+    __slots__ = ("_lot", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        if self.free > 0:
+            await trio.lowlevel.checkpoint_if_cancelled()  # does not schedule: still free
+            self.free -= 1
+            return
+        await self._lot.park()  # woken by release(), already holding the place
+
+    def release(self) -> None:
+        if self._lot:
+            self._lot.unpark()
+        else:
+            self.free += 1
 
 
 class _Gate:
@@ -169,6 +198,7 @@ class Worker:
         capture_stderr: bool = True,
         stderr_lines: int = 200,
         on_state: Callable[[Worker, WorkerState, WorkerState], None] | None = None,
+        pipeline: int = 1,
     ) -> None:
         self.id = worker_id or f"w{next(_ids)}"
         self._launcher = launcher
@@ -194,7 +224,13 @@ class Worker:
         self._big: tuple[bytearray, int] | None = None  # a large reply being read in place
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
-        self._slot = _Gate()  # one call in flight: SIGINT is never ambiguous
+        # Requests in flight: 1 unless pipelining was asked for and the worker supports
+        # it (then a "cancel" frame names what a SIGINT interrupts: never ambiguous).
+        self.pipeline = pipeline
+        self._pipelined = False
+        self._slot = _Capacity(1)
+        self._reading = False  # a caller (or the drain task) is reading replies
+        self._draining = False
         self._write_lock = _Gate()
         self._calls_failed = trio.Event()  # _fail_pending ran: in-flight callers can raise
         self._ended = trio.Event()
@@ -228,8 +264,17 @@ class Worker:
 
     @property
     def available(self) -> bool:
-        """READY and its process still alive (a death may not be noticed yet)."""
-        return self.state is WorkerState.READY and self._proc is not None and not self._proc.has_exited()
+        """It takes a request now (READY; or BUSY with places left when pipelining) and
+        its process is still alive (a death may not be noticed yet)."""
+        state = self.state
+        if state is not WorkerState.READY and not (state is WorkerState.BUSY and self._pipelined):
+            return False
+        return self._proc is not None and not self._proc.has_exited()
+
+    @property
+    def depth(self) -> int:
+        """How many requests it may hold at once (``pipeline`` if the worker supports it)."""
+        return self.pipeline if self._pipelined else 1
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -364,6 +409,8 @@ class Worker:
         while self._pending:
             _, waiter = self._pending.popitem()
             waiter.error = error
+            if waiter.event is not None:
+                waiter.event.set()
             self._slot.release()
         self._calls_failed.set()
 
@@ -450,6 +497,10 @@ class Worker:
                     max_frame=self.max_frame,
                     sys_path=launch.welcome.get("sys_path"),
                 )
+                if self.pipeline > 1 and "pipeline" in hello["capabilities"]:
+                    welcome["pipeline"] = True
+                    self._pipelined = True
+                    self._slot = _Capacity(self.pipeline)
                 if "module" not in launch.welcome:  # e.g. a Command: the worker's argv decides
                     del welcome["module"]
                 await self._send(frames.encode_json_object(welcome))
@@ -592,18 +643,22 @@ class Worker:
         raise WorkerCrashed(f"worker {self.id} is {self.state.name}; it takes no calls")
 
     async def _request(self, kind: str, target: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
-        """The hot path: the caller holding the slot writes its frame and reads its reply."""
+        """The hot path: write the request, then read replies until ours has come.
+
+        Whoever waits reads: with one request in flight the caller reads its own reply;
+        with several (pipelining), one caller reads and hands the others their replies.
+        """
         self._check_usable()
         slot = self._slot
-        if slot.busy:
-            await slot.acquire()
-        else:
-            slot.busy = True
+        if slot.free > 0:
+            slot.free -= 1
             try:
                 await trio.lowlevel.checkpoint_if_cancelled()
             except BaseException:
                 slot.release()
                 raise
+        else:
+            await slot.acquire()
         request_id = next(self._ids)
         try:
             self._check_usable()
@@ -621,7 +676,8 @@ class Worker:
             raise
         waiter = _Pending()
         self._pending[request_id] = waiter
-        self._to(WorkerState.BUSY)
+        if self.state is WorkerState.READY:
+            self._to(WorkerState.BUSY)
         if timeout is None:
             timeout = self.request_timeout
         written = False
@@ -629,12 +685,12 @@ class Worker:
             if timeout is None:
                 await self._send(payload)
                 written = True
-                msg = await self._reply_for(request_id)
+                msg = await self._reply_for(request_id, waiter)
             else:
                 with trio.move_on_after(timeout) as scope:
                     await self._send(payload)
                     written = True
-                    msg = await self._reply_for(request_id)
+                    msg = await self._reply_for(request_id, waiter)
             if timeout is not None and scope.cancelled_caught:
                 error = RequestTimeout(
                     f"worker {self.id}: {kind} {target if kind == 'call' else ''} took longer than "
@@ -659,20 +715,56 @@ class Worker:
             raise
         return self._settle_reply(request_id, msg)
 
-    async def _reply_for(self, request_id: int) -> Any:
-        msg = self._loads(await self._next_frame())
-        if type(msg) not in (tuple, list) or len(msg) < 2 or msg[1] != request_id:
-            raise ProtocolError(
-                f"worker {self.id}: expected the reply to request {request_id}, got {msg!r:.200}"
-            )
-        return msg
+    async def _reply_for(self, request_id: int, waiter: _Pending) -> Any:
+        """Our reply: read it ourselves, or wait while another caller reads it for us."""
+        while waiter.msg is None:
+            if waiter.error is not None:
+                raise _EOF
+            if self._reading:
+                waiter.event = trio.Event()
+                try:
+                    await waiter.event.wait()
+                finally:
+                    waiter.event = None
+                continue
+            self._reading = True
+            try:
+                while waiter.msg is None:
+                    self._dispatch(self._loads(await self._next_frame()))
+            finally:
+                self._reading = False
+                self._pass_reading()
+        return waiter.msg
+
+    def _dispatch(self, msg: Any) -> None:
+        """Give one reply to the request it answers (the worker answers in order)."""
+        try:
+            request_id = msg[1]
+            waiter = self._pending[request_id]
+        except (TypeError, IndexError, KeyError):
+            raise ProtocolError(f"worker {self.id}: a reply to no request in flight: {msg!r:.200}") from None
+        waiter.msg = msg
+        if waiter.abandoned:
+            self._discard_reply(request_id, msg)
+        elif waiter.event is not None:
+            waiter.event.set()
+
+    def _pass_reading(self) -> None:
+        """The reader got its reply (or left): the next caller still waiting reads on;
+        with only abandoned requests left, the drain task reads their replies."""
+        for waiter in self._pending.values():
+            if waiter.msg is None and waiter.event is not None:
+                waiter.event.set()
+                return
+        if any(w.msg is None for w in self._pending.values()):
+            self._start_drain()
 
     def _settle_reply(self, request_id: int, msg: Any) -> Any:
-        """Turn a reply into a result or an exception; free the slot."""
+        """Turn a reply into a result or an exception; free the place."""
         self._pending.pop(request_id, None)
         kind = msg[0]
         self._slot.release()
-        if self.state is WorkerState.BUSY:
+        if self.state is WorkerState.BUSY and not self._pending:
             self._to(WorkerState.READY)
         if kind == "ok" or kind == "pong":
             self.served += 1
@@ -686,37 +778,84 @@ class Worker:
         self._kill(error)
         raise error
 
+    def _discard_reply(self, request_id: int, msg: Any) -> None:
+        try:
+            self._settle_reply(request_id, msg)
+        except CorralError:
+            pass  # its caller has left; nobody reads this
+
     def _kill(self, error: BaseException) -> None:
         if self._proc is not None:
             self._proc.signal_group(signal.SIGKILL)
         self._end(error)
 
     def _interrupt(self, request_id: int, waiter: _Pending) -> None:
-        """The caller was cancelled: SIGINT the call, and read its reply in the background
-        (the slot stays taken until then). No reply within ``cancel_grace``: kill.
-        The caller does not wait for any of this."""
+        """The caller was cancelled and returns at once. Its request is interrupted (SIGINT)
+        if it runs, dropped if it still waits in the worker (pipelining); its reply is
+        read and discarded in the background. A running request that does not come back
+        within ``cancel_grace`` costs the worker its life."""
         if request_id not in self._pending or self._proc is None or self._nursery is None:
             return
+        waiter.abandoned = True
+        if waiter.msg is not None:  # it had already been read for us
+            self._discard_reply(request_id, waiter.msg)
+            return
+        if not self._reading:
+            self._pass_reading()
+        self._nursery.start_soon(self._cancel_request, request_id, waiter)
+
+    async def _cancel_request(self, request_id: int, waiter: _Pending) -> None:
+        assert self._proc is not None
+        if self._pipelined:
+            try:  # name it first: the worker's SIGINT handler checks the name
+                await self._send(self._codec.raw_dumps(("cancel", request_id)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        if next(iter(self._pending), None) != request_id:
+            return  # queued behind others: the worker answers "cancelled" when it gets there
         self._proc.signal(signal.SIGINT)
+        with trio.move_on_after(self.cancel_grace):
+            while waiter.msg is None and waiter.error is None and request_id in self._pending:
+                await trio.sleep(0.005)
+        if waiter.msg is None and waiter.error is None and request_id in self._pending:
+            self._kill(
+                WorkerCrashed(
+                    f"worker {self.id} did not return within cancel_grace={self.cancel_grace} s "
+                    "of an interrupt; killed"
+                )
+            )
+
+    def _start_drain(self) -> None:
+        """Read replies that no caller waits for (their callers were cancelled)."""
+        if self._draining or self._reading or self._nursery is None:
+            return
+        self._draining = True
 
         async def drain() -> None:
-            msg = None
-            with trio.move_on_after(self.cancel_grace):
-                try:
-                    msg = await self._reply_for(request_id)
-                except (_EOF, ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    msg = None
-            if msg is None:
-                self._kill(
-                    WorkerCrashed(
-                        f"worker {self.id} did not return within cancel_grace={self.cancel_grace} s "
-                        "of an interrupt; killed"
-                    )
-                )
-                return
             try:
-                self._settle_reply(request_id, msg)
-            except CorralError:
-                pass  # its caller has left; nobody reads this
+                while not self._reading:
+                    outstanding = [w for w in self._pending.values() if w.msg is None]
+                    if not outstanding:
+                        return
+                    if any(not w.abandoned for w in outstanding):
+                        self._pass_waiting_reader()  # a live caller reads from here on
+                        return
+                    self._reading = True
+                    try:
+                        self._dispatch(self._loads(await self._next_frame()))
+                    finally:
+                        self._reading = False
+            except (_EOF, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._end(None)
+            except ProtocolError as exc:
+                self._kill(exc)
+            finally:
+                self._draining = False
 
         self._nursery.start_soon(drain)
+
+    def _pass_waiting_reader(self) -> None:
+        for waiter in self._pending.values():
+            if waiter.msg is None and waiter.event is not None:
+                waiter.event.set()
+                return

@@ -1,0 +1,173 @@
+"""Pipelining: several requests in flight per worker, each failing or cancelled alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+import trio
+
+import corral
+from corral.workers import Command, PythonModule, Worker
+
+
+async def _collect(n: int, fn: object) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            nursery.start_soon(fn, i)  # type: ignore[arg-type]
+
+
+async def test_many_concurrent_calls_each_get_their_own_reply() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(Worker(PythonModule("tests.handlers_basic"), pipeline=4).run)
+            assert worker.depth == 4
+            results: dict[int, object] = {}
+
+            async def call(i: int) -> None:
+                results[i] = await worker.call("echo", i)
+
+            await _collect(60, call)
+            assert results == {i: i for i in range(60)}
+            assert worker.served == 60 and worker.state is corral.WorkerState.READY
+            worker.stop()
+
+
+async def test_cancelling_a_queued_request_drops_it_and_spares_the_others() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(Worker(PythonModule("tests.handlers_basic"), pipeline=4).run)
+            pid = worker.pid
+            done: list[object] = []
+
+            async def slow() -> None:
+                done.append(await worker.call("sleep", 0.4))
+
+            async def queued() -> None:
+                with trio.move_on_after(0.1) as scope:
+                    await worker.call("getpid")  # waits in the worker behind `slow`
+                assert scope.cancelled_caught
+                done.append("cancelled")
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(slow)
+                await trio.sleep(0.05)
+                calls.start_soon(queued)
+            assert done == ["cancelled", 0.4]
+            assert await worker.call("getpid") == pid  # the same process, still serving
+            worker.stop()
+
+
+async def test_cancelling_the_running_request_interrupts_only_it() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(Worker(PythonModule("tests.handlers_basic"), pipeline=4).run)
+            pid = worker.pid
+            behind: list[int] = []
+
+            async def running() -> None:
+                with trio.move_on_after(0.1):
+                    await worker.call("sleep", 30)
+
+            async def queued(i: int) -> None:
+                behind.append(await worker.call("echo", i))
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(running)
+                await trio.sleep(0.03)
+                for i in range(3):
+                    calls.start_soon(queued, i)
+            assert sorted(behind) == [0, 1, 2]  # interrupted: the sleep, not a queued call
+            assert worker.pid == pid and await worker.call("echo", "x") == "x"
+            worker.stop()
+
+
+async def test_a_crash_fails_every_request_the_worker_held() -> None:
+    with trio.fail_after(20):
+        worker = Worker(PythonModule("tests.handlers_basic"), pipeline=4)
+        failed: list[int] = []
+
+        async def victim(i: int) -> None:
+            with pytest.raises(corral.WorkerCrashed):
+                await worker.call("sleep", 10)
+            failed.append(i)
+
+        with pytest.RaisesGroup(corral.WorkerCrashed):  # run() itself ends with the crash
+            async with trio.open_nursery() as nursery:
+                await nursery.start(worker.run)
+                async with trio.open_nursery() as calls:
+                    for i in range(4):
+                        calls.start_soon(victim, i)
+                    await trio.sleep(0.2)
+                    assert worker.pid is not None
+                    os.kill(worker.pid, signal.SIGKILL)
+        assert sorted(failed) == [0, 1, 2, 3]
+
+
+async def test_a_worker_without_the_capability_takes_one_request_at_a_time() -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(
+                Worker(Command(["node", "examples/node_worker/worker.js"]), pipeline=4).run
+            )
+            assert worker.depth == 1
+            assert await worker.call("add", 2, 3) == 5
+            worker.stop()
+
+
+async def test_a_pipelined_pool_serves_sessions_leases_and_survives_crashes() -> None:
+    with trio.fail_after(30):
+        async with corral.open_pool("tests.handlers_basic", size=2, pipeline=4) as pool:
+            results: list[int] = []
+
+            async def call(i: int) -> None:
+                results.append(await pool.call("echo", i))
+
+            await _collect(40, call)
+            assert sorted(results) == list(range(40))
+            first = await pool.call("getpid", session="s")
+            assert await pool.call("getpid", session="s") == first
+            async with pool.checkout() as lease:
+                assert await lease.call("getpid") == lease.pid == await lease.call("getpid")
+            outcomes: list[str] = []
+
+            async def sleeper(i: int) -> None:
+                try:
+                    await pool.call("sleep", 0.3)
+                    outcomes.append("ok")
+                except corral.WorkerCrashed:
+                    outcomes.append("crashed")
+
+            async with trio.open_nursery() as calls:
+                for i in range(8):
+                    calls.start_soon(sleeper, i)
+                await trio.sleep(0.1)
+                os.kill(pool.workers()[0].pid or 0, signal.SIGKILL)
+            assert outcomes.count("crashed") == 4 and outcomes.count("ok") == 4
+            assert await pool.call("echo", "still serving") == "still serving"
+
+
+async def test_an_exclusive_lease_keeps_a_pipelined_worker_to_itself() -> None:
+    with trio.fail_after(30):
+        async with corral.open_pool("tests.handlers_basic", size=1, pipeline=4) as pool:
+            order: list[str] = []
+
+            async def other() -> None:
+                await pool.call("echo", 1)
+                order.append("other")
+
+            async with trio.open_nursery() as nursery, pool.checkout() as lease:
+                nursery.start_soon(other)
+                await trio.sleep(0.2)  # the other caller must wait for the lease to end
+                await lease.call("echo", 2)
+                order.append("lease")
+            assert order == ["lease", "other"]
+
+
+def test_pipeline_must_be_a_positive_int() -> None:
+    with pytest.raises(corral.InvalidSpec, match="pipeline"):
+        corral.Pool("tests.handlers_basic", pipeline=0)
