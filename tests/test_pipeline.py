@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import corral
 from corral.workers import Command, PythonModule, Worker
@@ -171,3 +174,63 @@ async def test_an_exclusive_lease_keeps_a_pipelined_worker_to_itself() -> None:
 def test_pipeline_must_be_a_positive_int() -> None:
     with pytest.raises(corral.InvalidSpec, match="pipeline"):
         corral.Pool("tests.handlers_basic", pipeline=0)
+
+
+# -- random mixes on pipelined workers -----------------------------------------------------
+
+ACTIONS = st.one_of(
+    st.tuples(st.just("echo"), st.integers()),
+    st.tuples(st.just("error"), st.text(alphabet="abZ-\u00e9", max_size=12)),
+    st.tuples(st.just("crash"), st.sampled_from([1, 7])),
+    st.tuples(st.just("cancel"), st.floats(0.0, 0.03)),
+    st.tuples(st.just("timeout"), st.just(0.05)),
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("CORRAL_TEST_EXAMPLES", "6")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(plans=st.lists(st.lists(ACTIONS, max_size=8), min_size=1, max_size=5))
+async def test_random_mixes_never_wedge_a_pipelined_pool(plans: list[list[tuple[str, Any]]]) -> None:
+    """Several requests share a worker, so a crash or a timeout also fails the others it
+    held (WorkerCrashed) — but every call ends, with its own answer or that error."""
+
+    async def run_plan(pool: corral.Pool, plan: list[tuple[str, Any]]) -> None:
+        for kind, arg in plan:
+            try:
+                if kind == "echo":
+                    assert await pool.call("echo", arg) == arg
+                elif kind == "error":
+                    with pytest.raises(corral.RemoteError) as info:
+                        await pool.call("raise_custom", arg)
+                    assert info.value.remote_message == arg
+                elif kind == "crash":
+                    with pytest.raises(corral.WorkerCrashed):
+                        await pool.call("exit_with", arg)
+                elif kind == "cancel":
+                    with trio.move_on_after(arg):
+                        await pool.call("sleep", 10)
+                else:
+                    with pytest.raises((corral.RequestTimeout, corral.WorkerCrashed)):
+                        await pool.call("sleep", 10, timeout=arg)
+            except corral.WorkerCrashed:
+                pass  # it shared a worker with a crash or a timeout
+
+    quick = corral.Backoff(initial=0.01, maximum=0.05, jitter=0.0)
+    with trio.fail_after(30):
+        async with corral.open_pool(
+            "tests.handlers_faults",
+            size=2,
+            pipeline=3,
+            backoff=quick,
+            max_restarts=1000,
+            checkout_timeout=5.0,
+            cancel_grace=0.3,
+        ) as pool:
+            async with trio.open_nursery() as nursery:
+                for plan in plans:
+                    nursery.start_soon(run_plan, pool, plan)
+            assert [await pool.call("echo", i) for i in range(10)] == list(range(10))
+            assert len(pool.workers()) <= 2

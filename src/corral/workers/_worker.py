@@ -269,6 +269,8 @@ class Worker:
         state = self.state
         if state is not WorkerState.READY and not (state is WorkerState.BUSY and self._pipelined):
             return False
+        if self._ended.is_set():  # being killed or stopped: no new requests
+            return False
         return self._proc is not None and not self._proc.has_exited()
 
     @property
@@ -360,7 +362,14 @@ class Worker:
             self.last_exit = "stopped"
             return
         error = self._fatal or self._crash_error(proc)
-        self._fail_pending(error)
+        if isinstance(error, RequestTimeout):
+            # The timed-out caller has its RequestTimeout; the others it shared the worker
+            # with (pipelining) lost theirs to the kill: for them it is a crash.
+            bystanders = self._crash_error(proc)
+            bystanders.args = (f"worker {self.id} was killed: another request timed out ({error})",)
+            self._fail_pending(bystanders)
+        else:
+            self._fail_pending(error)
         self.last_exit = self._describe(proc)
         self._to(WorkerState.FAILED)
         raise error
