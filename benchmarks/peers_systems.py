@@ -99,6 +99,14 @@ async def _corral(size: int) -> AsyncIterator[Caller]:
 
 
 @asynccontextmanager
+async def _corral_pipeline(size: int) -> AsyncIterator[Caller]:
+    import corral
+
+    async with corral.open_pool(HANDLERS, size=size, pipeline=4) as pool:
+        yield _CorralCaller(pool)
+
+
+@asynccontextmanager
 async def _corral_forkserver(size: int) -> AsyncIterator[Caller]:
     import corral
 
@@ -444,6 +452,7 @@ SYSTEMS: dict[str, Callable[[int], AbstractAsyncContextManager[Caller]]] = {
     "floor": _floor,
     "corral": _corral,
     "corral (forkserver)": _corral_forkserver,
+    "corral (pipeline=4)": _corral_pipeline,
     "trio-parallel": _trio_parallel,
     "anyio.to_process": _anyio,
     "pebble": _pebble,
@@ -457,6 +466,7 @@ IMPORTS: dict[str, tuple[str, ...]] = {
     "floor": ("subprocess",),
     "corral": ("corral",),
     "corral (forkserver)": ("corral",),
+    "corral (pipeline=4)": ("corral",),
     "trio-parallel": ("trio_parallel",),
     "anyio.to_process": ("anyio", "anyio.to_process"),
     "pebble": ("pebble",),
