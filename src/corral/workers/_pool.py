@@ -599,6 +599,14 @@ class Pool:
             best = min(reversed(self._idle), key=lambda w: load.get(w, 0))
             self._idle.remove(best)
             self._idle.append(best)
+        if self.pipeline > 1 and len(self._idle) > 1 and not spread:
+            # Pipelining: the worker holding the fewest requests, so that a call waits
+            # behind another only when every worker is busy.
+            held = self._leased
+            best = min(reversed(self._idle), key=lambda w: held.get(w, 0))
+            if best is not self._idle[-1]:
+                self._idle.remove(best)
+                self._idle.append(best)
         skipped: list[Worker] = []
         try:
             while self._idle:
