@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import corral
 from corral.workers import Command, PythonModule, Worker
+from tests.pool_actions import ACTIONS
 
 
 async def _collect(n: int, fn: object) -> None:
@@ -177,14 +178,6 @@ def test_pipeline_must_be_a_positive_int() -> None:
 
 
 # -- random mixes on pipelined workers -----------------------------------------------------
-
-ACTIONS = st.one_of(
-    st.tuples(st.just("echo"), st.integers()),
-    st.tuples(st.just("error"), st.text(alphabet="abZ-\u00e9", max_size=12)),
-    st.tuples(st.just("crash"), st.sampled_from([1, 7])),
-    st.tuples(st.just("cancel"), st.floats(0.0, 0.03)),
-    st.tuples(st.just("timeout"), st.just(0.05)),
-)
 
 
 @settings(

@@ -25,6 +25,7 @@ from corral import (
     WorkerState,
     open_pool,
 )
+from tests.pool_actions import ACTIONS
 from tests.proc_util import alive, wait_gone
 
 FAULTS = "tests.handlers_faults"
@@ -301,14 +302,6 @@ async def test_exit_mid_reply_is_a_clear_error_and_a_fresh_worker() -> None:
 
 
 # -- random mixes of good and bad calls ------------------------------------------------
-
-ACTIONS = st.one_of(
-    st.tuples(st.just("echo"), st.integers()),
-    st.tuples(st.just("error"), st.text(alphabet="ab Z-\u00e9\u2713\U0001f600", max_size=20)),
-    st.tuples(st.just("crash"), st.sampled_from([0, 1, 7])),
-    st.tuples(st.just("cancel"), st.floats(0.0, 0.03)),
-    st.tuples(st.just("timeout"), st.just(0.05)),
-)
 
 
 @settings(
