@@ -227,3 +227,24 @@ async def test_random_mixes_never_wedge_a_pipelined_pool(plans: list[list[tuple[
                     nursery.start_soon(run_plan, pool, plan)
             assert [await pool.call("echo", i) for i in range(10)] == list(range(10))
             assert len(pool.workers()) <= 2
+
+
+async def test_a_cancelled_request_that_was_still_queued_never_runs() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(Worker(PythonModule("tests.handlers_pipeline"), pipeline=4).run)
+
+            async def first() -> None:
+                await worker.call("mark", "first", 0.3)
+
+            async def second() -> None:
+                with trio.move_on_after(0.1):
+                    await worker.call("mark", "second")
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(first)
+                await trio.sleep(0.02)
+                calls.start_soon(second)
+            assert await worker.call("mark", "third") == "third"
+            assert await worker.call("marks") == ["first", "third"]
+            worker.stop()

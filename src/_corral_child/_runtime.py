@@ -372,9 +372,21 @@ def _serve(
             if not chunk:
                 _exit(_frames.EXIT_OK)
             try:
-                queue.extend(feed(chunk))
+                new = feed(chunk)
             except _frames.ProtocolError as exc:
                 _fatal(_frames.EXIT_PROTOCOL_ERROR, str(exc))
+            for frame in new:
+                if len(frame) < 128:  # small: decode now, so a "cancel" behind its request counts
+                    try:
+                        msg = loads(frame)
+                    except Exception:
+                        queue.append(frame)  # reported when its turn comes
+                        continue
+                    if _note_cancel(state, msg):
+                        continue
+                    queue.append(msg if type(msg) in (list, tuple) else frame)
+                else:
+                    queue.append(frame)
             if not queue:
                 big = decoder.take_big()
                 if big is None:

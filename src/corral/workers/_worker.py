@@ -820,8 +820,16 @@ class Worker:
                 await self._send(self._codec.raw_dumps(("cancel", request_id)))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-        if next(iter(self._pending), None) != request_id:
-            return  # queued behind others: the worker answers "cancelled" when it gets there
+        # Queued behind others, it is answered "cancelled" without running; but it may
+        # start before the worker reads the cancel: once it is the oldest unanswered
+        # request (the one running, or next), interrupt it.
+        while waiter.msg is None and waiter.error is None and request_id in self._pending:
+            head = next((rid for rid, w in self._pending.items() if w.msg is None), None)
+            if head == request_id:
+                break
+            await trio.sleep(0.01)
+        else:
+            return
         self._proc.signal(signal.SIGINT)
         with trio.move_on_after(self.cancel_grace):
             while waiter.msg is None and waiter.error is None and request_id in self._pending:
