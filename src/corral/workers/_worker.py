@@ -439,11 +439,11 @@ class Worker:
                 await self._write_all(header + payload)
             else:
                 await self._write_all(header)
-                await self._write_all(payload)
+                await self._write_all(payload, started=True)
         finally:
             lock.release()
 
-    async def _write_all(self, data: bytes) -> None:
+    async def _write_all(self, data: bytes, *, started: bool = False) -> None:
         assert self._proc is not None
         view = memoryview(data)
         sent = 0
@@ -454,7 +454,12 @@ class Worker:
             try:
                 sent += os.write(fd, view[sent:])
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
+                try:
+                    await trio.lowlevel.wait_writable(fd)
+                except trio.Cancelled:
+                    if sent or started:  # part of a frame is on the pipe: the channel is unusable
+                        self._kill(WorkerCrashed(f"worker {self.id}: a request was cut off mid-frame"))
+                    raise
             except OSError as exc:
                 raise trio.BrokenResourceError(f"worker {self.id}: stdin: {exc}") from exc
 
@@ -710,8 +715,11 @@ class Worker:
         except trio.Cancelled:
             if written:
                 self._interrupt(request_id, waiter)
-            else:  # possibly half a frame on the pipe: the channel is unusable now
-                self._kill(WorkerCrashed(f"worker {self.id}: a request was cut off mid-frame"))
+            elif not self._ended.is_set() and self._pending.pop(request_id, None) is not None:
+                # Nothing of it was written (a torn frame kills the worker in _write_all).
+                self._slot.release()
+                if self.state is WorkerState.BUSY and not self._pending:
+                    self._to(WorkerState.READY)
             raise
         except (_EOF, trio.BrokenResourceError, trio.ClosedResourceError):
             self._end(None)

@@ -1,0 +1,94 @@
+"""Review of pipelining: races between callers, cancellation, recycling and the pool."""
+
+from __future__ import annotations
+
+import trio
+
+import corral
+from corral.workers import PythonModule, Worker
+
+
+async def test_a_caller_cancelled_before_its_frame_was_written_spares_the_worker() -> None:
+    # A runs; B's big frame fills the pipe and holds the write lock; C waits for the lock
+    # and is cancelled there: nothing of C reached the pipe, so the worker must live on.
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(Worker(PythonModule("tests.handlers_basic"), pipeline=4).run)
+            pid = worker.pid
+            got: dict[str, object] = {}
+            payload = b"x" * (2 << 20)
+
+            async def a() -> None:
+                got["a"] = await worker.call("sleep", 0.5)
+
+            async def b() -> None:
+                got["b"] = len(await worker.call("echo", payload))
+
+            async def c() -> None:
+                with trio.move_on_after(0.15) as scope:
+                    await worker.call("echo", "c")
+                got["c"] = "cancelled" if scope.cancelled_caught else "done"
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(a)
+                await trio.sleep(0.05)
+                calls.start_soon(b)
+                await trio.sleep(0.05)
+                calls.start_soon(c)
+            assert got == {"a": 0.5, "b": len(payload), "c": "cancelled"}
+            assert await worker.call("getpid") == pid
+            assert worker._slot.free == 4 and not worker._pending
+            worker.stop()
+
+
+async def test_recycling_a_pipelined_worker_fails_no_call() -> None:
+    # max_requests is a planned replacement: no caller may see WorkerCrashed for it.
+    with trio.fail_after(30):
+        async with corral.open_pool("tests.handlers_basic", size=1, pipeline=4, max_requests=3) as pool:
+            errors: list[BaseException] = []
+
+            async def call(i: int) -> None:
+                try:
+                    assert await pool.call("echo", i) == i
+                except corral.CorralError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(40):
+                    nursery.start_soon(call, i)
+            assert errors == []
+
+
+async def test_request_timeout_fails_the_other_pipelined_calls_with_worker_crashed() -> None:
+    outcomes: dict[str, str] = {}
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = Worker(PythonModule("tests.handlers_basic"), pipeline=4)
+
+            async def run(task_status: trio.TaskStatus[Worker]) -> None:
+                try:
+                    await worker.run(task_status=task_status)
+                except corral.RequestTimeout:
+                    pass  # the worker reports the timeout as its exit
+
+            await nursery.start(run)
+
+            async def timed() -> None:
+                try:
+                    await worker.call("sleep", 5, timeout=0.2)
+                except corral.RequestTimeout:
+                    outcomes["timed"] = "timeout"
+
+            async def other(i: int) -> None:
+                try:
+                    await worker.call("sleep", 0.1)
+                    outcomes[f"o{i}"] = "ok"
+                except corral.WorkerCrashed:
+                    outcomes[f"o{i}"] = "crashed"
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(timed)
+                await trio.sleep(0.02)
+                for i in range(3):
+                    calls.start_soon(other, i)
+    assert outcomes == {"timed": "timeout", "o0": "crashed", "o1": "crashed", "o2": "crashed"}
