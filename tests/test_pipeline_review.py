@@ -92,3 +92,30 @@ async def test_request_timeout_fails_the_other_pipelined_calls_with_worker_crash
                 for i in range(3):
                     calls.start_soon(other, i)
     assert outcomes == {"timed": "timeout", "o0": "crashed", "o1": "crashed", "o2": "crashed"}
+
+
+async def test_max_requests_never_recycles_a_pipelined_worker_under_an_exclusive_lease() -> None:
+    # A call started before the lease brings `served` to max_requests while the lease
+    # holds the worker: the recycle must wait for the lease to end.
+    with trio.fail_after(20):
+        async with corral.open_pool("tests.handlers_basic", size=1, pipeline=2, max_requests=2) as pool:
+            assert await pool.call("echo", 0) == 0  # served == 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.call, "sleep", 0.3)
+                await trio.sleep(0.05)
+                async with pool.checkout() as lease:
+                    await trio.sleep(0.5)  # the other call ends meanwhile: served == 2
+                    assert await lease.call("echo", 2) == 2
+            assert await pool.call("echo", 1) == 1
+
+
+async def test_max_age_never_recycles_a_pipelined_worker_under_an_exclusive_lease() -> None:
+    with trio.fail_after(20):
+        async with corral.open_pool(
+            "tests.handlers_basic", size=1, pipeline=2, max_age=0.2, idle_timeout=0.1
+        ) as pool:
+            async with pool.checkout() as lease:
+                pid = await lease.call("getpid")
+                await trio.sleep(0.6)  # housekeeping runs several times; the worker is old
+                assert await lease.call("getpid") == pid
+            assert await pool.call("echo", 1) == 1

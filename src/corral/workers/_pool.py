@@ -275,6 +275,7 @@ class Pool:
         self._leased: dict[Worker, int] = {}  # worker -> callers holding one of its places
         self._exclusive: set[Worker] = set()  # under an exclusive lease (pipelined workers)
         self._recycling: set[Worker] = set()
+        self._unleased: dict[Worker, trio.Event] = {}  # a recycle waits for its callers
         self._pending_slots = 0
         self._closed = False
         self._open = False
@@ -428,6 +429,8 @@ class Pool:
         self._exclusive.discard(worker)
         self._recycling.discard(worker)
         self._remove_places(worker)
+        if worker in self._unleased:
+            self._unleased.pop(worker).set()
         for session, (bound, _) in list(self._sessions.items()):
             if bound is worker:
                 del self._sessions[session]
@@ -481,6 +484,11 @@ class Pool:
         self._recycling.add(worker)
         self._remove_places(worker)
         self._emit(worker, "recycle")
+        if worker in self._leased:  # pipelining: callers (an exclusive lease) still hold places
+            self._unleased[worker] = done = trio.Event()
+            await done.wait()
+            if worker.id not in self._workers:
+                return
         slot = self._slot_of(worker)
         if slot is None:
             worker.stop()
@@ -512,6 +520,8 @@ class Pool:
             self._leased[worker] = n
         else:
             self._leased.pop(worker, None)
+            if worker in self._unleased:
+                self._unleased.pop(worker).set()
 
     def _checkin(self, worker: Worker) -> None:
         """One place on a worker is free: hand it to the first waiter that may use it.
