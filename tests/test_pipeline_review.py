@@ -119,3 +119,39 @@ async def test_max_age_never_recycles_a_pipelined_worker_under_an_exclusive_leas
                 await trio.sleep(0.6)  # housekeeping runs several times; the worker is old
                 assert await lease.call("getpid") == pid
             assert await pool.call("echo", 1) == 1
+
+
+async def test_a_cancelled_running_request_is_bounded_by_cancel_grace_behind_a_large_frame() -> None:
+    # A runs and is cancelled while B's large frame fills the pipe: A's "cancel" frame
+    # cannot be written until the worker reads again, i.e. until A ends. The worker must
+    # not be stuck for A's whole run: after cancel_grace it is killed, like a request
+    # that ignores its interrupt.
+    outcome: list[str] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            worker = Worker(PythonModule("tests.handlers_basic"), pipeline=4, cancel_grace=0.5)
+
+            async def run(task_status: trio.TaskStatus[Worker]) -> None:
+                try:
+                    await worker.run(task_status=task_status)
+                except corral.WorkerCrashed:
+                    pass  # killed after cancel_grace: its exit
+
+            await nursery.start(run)
+
+            async def a() -> None:
+                with trio.move_on_after(0.2):
+                    await worker.call("sleep", 60)
+
+            async def b() -> None:
+                try:
+                    await worker.call("echo", b"x" * (2 << 20))
+                    outcome.append("ok")
+                except corral.WorkerCrashed:
+                    outcome.append("crashed")
+
+            async with trio.open_nursery() as calls:
+                calls.start_soon(a)
+                await trio.sleep(0.05)
+                calls.start_soon(b)
+    assert outcome == ["crashed"]

@@ -824,16 +824,23 @@ class Worker:
     async def _cancel_request(self, request_id: int, waiter: _Pending) -> None:
         assert self._proc is not None
         if self._pipelined:
-            try:  # name it first: the worker's SIGINT handler checks the name
-                await self._send(self._codec.raw_dumps(("cancel", request_id)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+            # Name it first: the worker's SIGINT handler checks the name. The frame may
+            # wait behind a large request that the worker reads only between requests:
+            # if ours runs meanwhile (it is the oldest unanswered), that costs the worker
+            # its life after cancel_grace, like a running request ignoring its interrupt.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._kill_if_head_too_long, request_id, waiter)
+                try:
+                    await self._send(self._codec.raw_dumps(("cancel", request_id)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                finally:
+                    nursery.cancel_scope.cancel()
         # Queued behind others, it is answered "cancelled" without running; but it may
         # start before the worker reads the cancel: once it is the oldest unanswered
         # request (the one running, or next), interrupt it.
         while waiter.msg is None and waiter.error is None and request_id in self._pending:
-            head = next((rid for rid, w in self._pending.items() if w.msg is None), None)
-            if head == request_id:
+            if self._head() == request_id:
                 break
             await trio.sleep(0.01)
         else:
@@ -847,6 +854,24 @@ class Worker:
                 WorkerCrashed(
                     f"worker {self.id} did not return within cancel_grace={self.cancel_grace} s "
                     "of an interrupt; killed"
+                )
+            )
+
+    def _head(self) -> int | None:
+        """The oldest request not answered yet: the one the worker runs, or runs next."""
+        return next((rid for rid, w in self._pending.items() if w.msg is None), None)
+
+    async def _kill_if_head_too_long(self, request_id: int, waiter: _Pending) -> None:
+        while self._head() != request_id:
+            if waiter.msg is not None or waiter.error is not None or request_id not in self._pending:
+                return
+            await trio.sleep(0.01)
+        await trio.sleep(self.cancel_grace)
+        if waiter.msg is None and waiter.error is None and request_id in self._pending:
+            self._kill(
+                WorkerCrashed(
+                    f"worker {self.id} did not return within cancel_grace={self.cancel_grace} s "
+                    "of a cancel it could not yet be told about; killed"
                 )
             )
 
