@@ -155,3 +155,64 @@ async def test_a_cancelled_running_request_is_bounded_by_cancel_grace_behind_a_l
                 await trio.sleep(0.05)
                 calls.start_soon(b)
     assert outcome == ["crashed"]
+
+
+async def test_cancellations_at_random_points_leak_no_place() -> None:
+    # Calls cancelled at every stage (waiting for a place, for the write lock, queued in
+    # the worker, running, being read): afterwards every place is back, once.
+    import random
+
+    rng = random.Random(7)
+    with trio.fail_after(30):
+        async with corral.open_pool("tests.handlers_basic", size=2, pipeline=3, cancel_grace=2.0) as pool:
+
+            async def call(i: int) -> None:
+                with trio.move_on_after(rng.choice([0, 0.001, 0.01, 0.03, 0.08, 1.0])):
+                    if i % 7 == 0:
+                        await pool.call("echo", b"y" * (300 << 10))
+                    else:
+                        await pool.call("sleep", rng.choice([0, 0.005, 0.02, 0.05]))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(150):
+                    nursery.start_soon(call, i)
+                    if i % 10 == 0:
+                        await trio.sleep(0.01)
+            workers = list(pool._workers.values())
+            with trio.fail_after(5):  # abandoned replies drain in the background
+                while any(w._pending for w in workers) or pool._leased:
+                    await trio.sleep(0.01)
+            assert len(workers) == 2
+            for w in workers:
+                assert w.pid == pool._workers[w.id].pid
+                assert w._slot.free == 3, w
+                assert pool._idle.count(w) == 3, (w, list(pool._idle))
+            assert not pool._waiters or all(x.event.is_set() for x in pool._waiters)
+            # and the pool still runs 6 calls at once
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(pool.call, "sleep", 0.3)
+
+
+async def _sleep_or_crash(worker: Worker, seconds: float, outcomes: list[object]) -> None:
+    try:
+        outcomes.append(await worker.call("sleep", seconds))
+    except corral.WorkerCrashed:
+        outcomes.append("crashed")
+
+
+async def test_stopping_a_pipelined_worker_answers_or_crashes_every_call_in_flight() -> None:
+    # stop() queues "shutdown" behind the requests in flight: they are answered; none may
+    # hang or see a ProtocolError (a reply read after _fail_pending).
+    for _ in range(5):
+        outcomes: list[object] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                worker = await nursery.start(Worker(PythonModule("tests.handlers_basic"), pipeline=4).run)
+
+                async with trio.open_nursery() as calls:
+                    for i in range(6):
+                        calls.start_soon(_sleep_or_crash, worker, 0.02 * i, outcomes)
+                    await trio.sleep(0.03)
+                    worker.stop()
+        assert len(outcomes) == 6 and all(o == "crashed" or isinstance(o, float) for o in outcomes)
