@@ -209,7 +209,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     def on_sigint(signum: int, frame: object) -> None:
         mid = state.current
         if mid is None:
-            return  # idle: nothing to interrupt
+            # Between two requests: note a cancel already written, so that the cancelled
+            # request queued next is skipped. Not while blocked in read(): the read would
+            # resume and wait for more input with requests sitting in the queue.
+            if state.pipeline and not state.reading:
+                _drain(state)
+            return
         if state.pipeline:
             # Several requests may be queued: interrupt only the one the parent named
             # in a "cancel" frame, which it wrote before signalling.
@@ -305,6 +310,7 @@ class _State:
         self.decoder: _frames.FrameDecoder | None = None
         self.req_fd = 0
         self.loads: Any = None
+        self.reading = False  # the serve loop is (about to be) blocked reading requests
 
 
 def _note_cancel(state: _State, msg: Any) -> bool:
@@ -366,7 +372,9 @@ def _serve(
     while True:
         if not queue:
             try:
+                state.reading = True
                 chunk = read(req_fd, _READ_SIZE)
+                state.reading = False
             except OSError as exc:
                 _fatal(_frames.EXIT_PROTOCOL_ERROR, f"cannot read requests: {exc}")
             if not chunk:
@@ -391,7 +399,9 @@ def _serve(
                 big = decoder.take_big()
                 if big is None:
                     continue
+                state.reading = True  # the rest of the frame belongs to _read_rest alone
                 queue.append(_read_rest(req_fd, *big))
+                state.reading = False
         while queue:
             frame = queue.popleft()
             if type(frame) in (list, tuple):
@@ -432,6 +442,8 @@ def _serve(
                             f"{module.__name__ if module is not None else None!r}",
                             is_pickle,
                         )
+                        state.last_done = mid
+                        cancelled.discard(mid)
                         send(dumps(("error", mid, info)))
                         continue
                 else:
@@ -442,6 +454,8 @@ def _serve(
                             "'apply' needs the pickle codec and a callable",
                             is_pickle,
                         )
+                        state.last_done = mid
+                        cancelled.discard(mid)
                         send(dumps(("error", mid, info)))
                         continue
                 state.current = mid
@@ -486,6 +500,8 @@ def _serve(
                 if len(msg) != 2 or type(msg[1]) is not int:
                     _bad_request(msg, send, dumps, is_pickle, max_frame)
                     continue
+                state.last_done = msg[1]
+                cancelled.discard(msg[1])
                 send(dumps(("pong", msg[1])))
             elif kind == "shutdown":
                 try:
