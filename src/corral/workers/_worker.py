@@ -747,7 +747,10 @@ class Worker:
             self._reading = True
             try:
                 while waiter.msg is None:
-                    self._dispatch(self._loads(await self._next_frame()))
+                    msg = self._loads(await self._next_frame())
+                    if waiter.error is not None:  # the worker failed meanwhile: that is our answer
+                        raise _EOF
+                    self._dispatch(msg)
             finally:
                 self._reading = False
                 self._pass_reading()
