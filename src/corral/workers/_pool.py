@@ -626,7 +626,7 @@ class Pool:
                     continue
                 if worker not in self._idle:
                     self._idle_since.pop(worker, None)
-                if worker.available and worker.id in self._workers:
+                if worker.available and worker.alive and worker.id in self._workers:
                     self._hold(worker)
                     return worker
             return None
@@ -654,7 +654,7 @@ class Pool:
         return await self._wait(waiter, timeout, None)
 
     async def _acquire_specific(self, session: Hashable, worker: Worker, timeout: float | None) -> Worker:
-        if worker.state is WorkerState.READY and not worker.available:
+        if worker.available and not worker.alive:
             # It died and the pool has not noticed yet: unbind now, so it is lost once.
             del self._sessions[session]
             raise SessionLost(f"the worker that held session {session!r} died; its state is gone")

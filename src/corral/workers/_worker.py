@@ -264,13 +264,16 @@ class Worker:
 
     @property
     def available(self) -> bool:
-        """It takes a request now (READY; or BUSY with places left when pipelining) and
-        its process is still alive (a death may not be noticed yet)."""
+        """It takes a request now: READY (or BUSY with places left when pipelining), and
+        not being killed or stopped. No syscall: see ``alive`` for the process itself."""
         state = self.state
         if state is not WorkerState.READY and not (state is WorkerState.BUSY and self._pipelined):
             return False
-        if self._ended.is_set():  # being killed or stopped: no new requests
-            return False
+        return not self._ended.is_set()
+
+    @property
+    def alive(self) -> bool:
+        """Its process has not exited (one cheap syscall: a death may not be noticed yet)."""
         return self._proc is not None and not self._proc.has_exited()
 
     @property
