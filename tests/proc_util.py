@@ -100,3 +100,13 @@ def open_fds() -> dict[int, str]:
         except OSError:
             pass  # the fd of the listdir itself
     return result
+
+
+async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """The first line a helper process prints (it reports pids that way)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await stream.receive_some(1024)
+        assert chunk, "the process exited before printing its line"
+        line += chunk
+    return line

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from corral import RequestTimeout, WorkerCrashed, open_pool
-from tests.proc_util import alive, our_processes, wait_gone
+from tests.proc_util import alive, our_processes, read_line, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = "tests.handlers_faults"
@@ -50,11 +50,7 @@ async def test_workers_die_with_a_sigkilled_parent(busy: bool) -> None:
     pids: list[int] = []
     try:
         with trio.fail_after(20):
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1024)
-                assert chunk, "the parent exited early"
-                line += chunk
+            line = await read_line(proc.stdout)
         pids = [int(p) for p in line.split()]
         assert len(pids) == 2 and all(alive(p) for p in pids)
         assert set(pids) <= set(our_processes(proc.pid))

@@ -25,7 +25,7 @@ import corral
 from corral import CircuitBreaker, InvalidSpec, RemoteError, WorkerCrashed, open_pool
 from corral.workers._remote import remote_bootstrap
 from corral.workers._worker import Worker, WorkerState
-from tests.proc_util import MARK_ENV, alive, wait_gone
+from tests.proc_util import MARK_ENV, alive, read_line, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP = ROOT / ".ci" / "sshd-setup"
@@ -380,11 +380,7 @@ async def test_a_crashed_parent_ends_the_remote_worker_mid_call(
     assert parent.stdout is not None
     try:
         with trio.fail_after(20):
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await parent.stdout.receive_some(1024)
-                assert chunk, "the parent exited early"
-                line += chunk
+            line = await read_line(parent.stdout)
             local, remote, grandchild = (int(x) for x in line.split())
             reap += [remote, grandchild]
             assert alive(local) and alive(remote) and alive(grandchild)

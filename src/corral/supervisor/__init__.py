@@ -5,7 +5,6 @@ two-phase stop and events. Knows nothing about processes: ``corral.workers``
 builds on it, never the other way round.
 """
 
-from corral.supervisor._child import ChildCounts, ChildInfo, ChildState
 from corral.supervisor._context import ChildContext, Shutdown, current_child
 from corral.supervisor._events import (
     AutoShutdownTriggered,
@@ -18,6 +17,7 @@ from corral.supervisor._events import (
     SupervisorEvent,
     SupervisorStopped,
 )
+from corral.supervisor._records import ChildCounts, ChildInfo, ChildState
 from corral.supervisor._spec import (
     BRUTAL_KILL,
     INFINITY,

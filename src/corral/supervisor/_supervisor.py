@@ -33,7 +33,6 @@ from corral._errors import (
     RestartIntensityExceeded,
     SupervisorNotRunning,
 )
-from corral.supervisor._child import Child, ChildCounts, ChildInfo, ChildState, Run
 from corral.supervisor._context import ChildContext, Shutdown, _get_current, _set_current
 from corral.supervisor._events import (
     AutoShutdownTriggered,
@@ -48,6 +47,7 @@ from corral.supervisor._events import (
     SupervisorStopped,
     log_event,
 )
+from corral.supervisor._records import Child, ChildCounts, ChildInfo, ChildState, Run
 from corral.supervisor._spec import AutoShutdown, Backoff, ChildSpec, Restart, Strategy
 
 _names = itertools.count(1)

@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from corral._errors import NotFound
-from corral.supervisor._child import ChildState
+from corral.supervisor._records import ChildState
 from corral.supervisor._supervisor import Supervisor
 from corral.workers._pool import Pool
 from corral.workers._worker import WorkerInfo, WorkerState

@@ -775,11 +775,7 @@ class Worker:
     def _pass_reading(self) -> None:
         """The reader got its reply (or left): the next caller still waiting reads on;
         with only abandoned requests left, the drain task reads their replies."""
-        for waiter in self._pending.values():
-            if waiter.msg is None and waiter.event is not None:
-                waiter.event.set()
-                return
-        if any(w.msg is None for w in self._pending.values()):
+        if not self._pass_waiting_reader() and any(w.msg is None for w in self._pending.values()):
             self._start_drain()
 
     def _settle_reply(self, request_id: int, msg: Any) -> Any:
@@ -910,8 +906,10 @@ class Worker:
 
         self._nursery.start_soon(drain)
 
-    def _pass_waiting_reader(self) -> None:
+    def _pass_waiting_reader(self) -> bool:
+        """Wake the oldest caller waiting for its reply, to read on; False if none waits."""
         for waiter in self._pending.values():
             if waiter.msg is None and waiter.event is not None:
                 waiter.event.set()
-                return
+                return True
+        return False

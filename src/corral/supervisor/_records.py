@@ -1,4 +1,4 @@
-"""One supervised child: its record, its current run, its state machine."""
+"""Records of supervised children (Trio tasks, not processes): each child, its run, its state table."""
 
 from __future__ import annotations
 
