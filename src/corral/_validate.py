@@ -1,0 +1,79 @@
+"""Declarative validators for frozen attrs options: bad values are refused where they
+enter, with the field's name and the fix in one ``InvalidSpec``.
+
+Each factory returns an attrs validator; ``field=`` overrides the name shown (e.g.
+``"circuit_breaker.threshold"`` for a nested value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+from typing import Any
+
+import attrs
+
+from corral._errors import InvalidSpec
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def number(
+    *,
+    minimum: float = 0.0,
+    strict: bool = False,
+    optional: bool = False,
+    what: str = "a number",
+    field: str | None = None,
+) -> Validator:
+    """A real number (never a bool or NaN) ``>= minimum`` (``> minimum`` when strict)."""
+    op = ">" if strict else ">="
+    extra = " or None" if optional else ""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        if not _is_number(value) or value < minimum or (strict and value == minimum):  # type: ignore[operator]
+            raise InvalidSpec(field or attribute.name, f"must be {what} {op} {minimum}{extra}, got {value!r}")
+
+    return check
+
+
+def integer(*, minimum: int, optional: bool = False, field: str | None = None) -> Validator:
+    """An ``int`` (never a bool) ``>= minimum``."""
+    extra = " or None" if optional else ""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise InvalidSpec(field or attribute.name, f"must be an int >= {minimum}{extra}, got {value!r}")
+
+    return check
+
+
+def instance(kind: type | tuple[type, ...], description: str, *, optional: bool = False) -> Validator:
+    """An instance of ``kind``; ``description`` says what to pass instead."""
+    extra = " or None" if optional else ""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, kind):
+            raise InvalidSpec(attribute.name, f"must be {description}{extra}, got {value!r}")
+
+    return check
+
+
+def one_of(allowed: Collection[object], description: str) -> Validator:
+    """One of a few literal values."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in allowed:
+            raise InvalidSpec(attribute.name, f"must be {description}, got {value!r}")
+
+    return check
