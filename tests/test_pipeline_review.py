@@ -178,16 +178,18 @@ async def test_cancellations_at_random_points_leak_no_place() -> None:
                     nursery.start_soon(call, i)
                     if i % 10 == 0:
                         await trio.sleep(0.01)
-            workers = list(pool._workers.values())
+            members = list(pool._slots.members.values())
+            workers = [w for m in members if isinstance(w := m.worker, Worker)]
             with trio.fail_after(5):  # abandoned replies drain in the background
-                while any(w._pending for w in workers) or pool._leased:
+                while any(w._pending for w in workers) or pool._checkout.held:
                     await trio.sleep(0.01)
             assert len(workers) == 2
-            for w in workers:
-                assert w.pid == pool._workers[w.id].pid
+            for m, w in zip(members, workers, strict=True):
+                assert w.pid == pool._slots.members[w.id].worker.pid
                 assert w._slot.free == 3, w
-                assert pool._idle.count(w) == 3, (w, list(pool._idle))
-            assert not pool._waiters or all(x.event.is_set() for x in pool._waiters)
+                assert pool._checkout.idle.count(m) == 3, (w, list(pool._checkout.idle))
+            waiters = pool._checkout.waiters
+            assert not waiters or all(x.event.is_set() for x in waiters)
             # and the pool still runs 6 calls at once
             async with trio.open_nursery() as nursery:
                 for _ in range(6):

@@ -24,6 +24,7 @@ from corral._errors import NotFound
 from corral.supervisor._records import ChildState
 from corral.supervisor._supervisor import Supervisor
 from corral.workers._pool import Pool
+from corral.workers._slots import FaultInjector
 from corral.workers._worker import WorkerInfo, WorkerState
 
 __all__ = [
@@ -78,7 +79,10 @@ def crash_child(sup: Supervisor, child_id: Hashable, error: BaseException | None
 
 def _add_fault(target: Supervisor | Pool, child_id: Hashable | None, fault: StartFault, times: int) -> None:
     if isinstance(target, Pool):
-        target._start_faults.extend([fault] * times)
+        slots = target._slots  # faults go through the pool's worker factory
+        injector = slots.factory if isinstance(slots.factory, FaultInjector) else FaultInjector(slots.factory)
+        injector.faults.extend([fault] * times)
+        slots.factory = injector
         return
     if child_id is None:
         raise TypeError("a Supervisor needs the child_id whose next start should fail")

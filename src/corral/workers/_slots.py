@@ -1,0 +1,271 @@
+"""The pool's members and the supervisor slots that run them.
+
+Each slot is a PERMANENT (by default) child of a one_for_one ``DynamicSupervisor``;
+every (re)start of a slot asks the factory for a fresh worker incarnation, records it
+as a ``Member`` and runs it. When it ends, its record is removed in one place
+(``forget``): its places, its holders, its sessions (lost), its sessions' waiters.
+The pool's lifecycle flags (``closed``, the nursery) live here, because every slot
+operation depends on them. Housekeeping (idle shrink of lazy pools, age recycling,
+session expiry) runs once a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import attrs
+import trio
+
+from corral._errors import CircuitOpen, CorralError
+from corral.supervisor._spec import ChildSpec
+from corral.supervisor._supervisor import DynamicSupervisor
+from corral.workers._checkout import Checkout
+from corral.workers._launch import Launcher
+from corral.workers._member import Member
+from corral.workers._options import PoolOptions, WorkerOptions
+from corral.workers._placement import Placements
+from corral.workers._recycling import recycle, recycle_due
+from corral.workers._seam import PoolWorker, StateCallback, WorkerFactory
+from corral.workers._sessions import SessionTable
+from corral.workers._telemetry import Telemetry
+from corral.workers._worker import WorkerState
+
+logger = logging.getLogger("corral.pool")
+
+
+@attrs.define(eq=False)
+class _FaultyStart:
+    """A worker whose start goes through an injected fault (``corral.testing``)."""
+
+    _worker: PoolWorker
+    _run: Callable[..., Any]
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._run(task_status=task_status)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._worker, name)
+
+
+@attrs.define
+class FaultInjector:
+    """A factory that makes the next starts go through ``corral.testing``'s faults."""
+
+    factory: WorkerFactory
+    faults: list[Any] = attrs.Factory(list)  # StartFault, in order
+
+    def __call__(
+        self, launcher: Launcher, options: WorkerOptions, worker_id: str, on_state: StateCallback
+    ) -> PoolWorker:
+        worker = self.factory(launcher, options, worker_id, on_state)
+        if not self.faults:
+            return worker
+        fault = self.faults.pop(0)
+        return _FaultyStart(worker, fault.wrap(worker.run))
+
+
+class Slots:
+    """Members by worker id, the supervisor of their slots, and capacity decisions."""
+
+    def __init__(
+        self,
+        name: str,
+        options: PoolOptions,
+        placements: Placements,
+        checkout: Checkout,
+        sessions: SessionTable,
+        telemetry: Telemetry,
+        factory: WorkerFactory,
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.worker_options = options.worker
+        self.placements = placements
+        self.checkout = checkout
+        self.sessions = sessions
+        self.telemetry = telemetry
+        self.factory = factory
+        self.sup = DynamicSupervisor(
+            max_children=options.size,
+            max_restarts=options.effective_max_restarts,
+            max_seconds=options.max_seconds,
+            backoff=options.backoff,
+            name=f"{name}.supervisor",
+        )
+        self.members: dict[str, Member] = {}  # live incarnations by worker id
+        self._slot_ids = itertools.count(1)
+        self._incarnations = itertools.count(1)
+        self.pending = 0  # slots being added on demand (lazy pools)
+        self.closed = False
+        self.nursery: trio.Nursery | None = None
+        self.drained = trio.Event()  # closed, and nobody holds a place
+
+    def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.nursery is not None:
+            self.nursery.start_soon(fn, *args)
+
+    # -- one slot --------------------------------------------------------------
+
+    async def run_slot(self, slot: Hashable, *, task_status: trio.TaskStatus[Any]) -> None:
+        """One supervised slot: a fresh worker each time the supervisor (re)starts it."""
+        placement = self.placements.choose()
+        if placement is None:
+            raise CircuitOpen(
+                f"pool {self.name!r}: workers keep failing to start; next try in "
+                f"{self.placements.retry_in():.1f} s"
+            )
+        worker_id = f"w{next(self._incarnations)}"
+        worker = self.factory(placement.launcher, self.worker_options, worker_id, self._on_state)
+        member = Member(worker, placement, slot)
+        self.members[worker_id] = member
+        placement.live += 1
+        try:
+            await worker.run(task_status=task_status)
+        finally:
+            placement.live -= 1
+            self.forget(member)
+            if worker.ready_at is None:
+                placement.circuit.record_failure()
+                self.wake_for_circuit()
+
+    def _on_state(self, worker: PoolWorker, old: WorkerState, new: WorkerState) -> None:
+        telemetry = self.telemetry
+        if telemetry.subscribers or logger.isEnabledFor(logging.DEBUG):
+            telemetry.emit(worker, "state", f"{old.name} -> {new.name}")
+        member = self.members.get(worker.id)
+        if member is None:
+            return
+        if new is WorkerState.READY:
+            if old is WorkerState.STARTING:
+                member.placement.circuit.record_success()
+                for _ in range(worker.depth):  # one place per request it may hold
+                    self.checkin(member)
+            elif member.holders == 0 and worker.depth == 1:
+                self.checkin(member)  # back from an interrupted call whose caller has left
+        elif new is WorkerState.FAILED or new is WorkerState.STOPPED:
+            self.forget(member)
+
+    def checkin(self, member: Member) -> None:
+        """One place on a member is free: recycle the worker if due, else hand it on."""
+        if not member.worker.available or member.forgotten or member.recycling:
+            return
+        if not self.closed and recycle_due(member, self.options):
+            self.start_soon(recycle, self, member)
+            return
+        self.checkout.give(member)
+
+    def forget(self, member: Member) -> None:
+        """Remove a worker that ended: one record, one removal."""
+        if member.forgotten:
+            return
+        del self.members[member.id]
+        self.checkout.drop(member)
+        member.forgotten = True
+        member.exclusive = member.recycling = False
+        self.sessions.lose(member)
+        for waiter in member.session_waiters:
+            waiter.lost = True
+            waiter.event.set()  # woken without a worker: SessionLost
+        member.session_waiters.clear()
+        self.note_release()
+
+    def note_release(self) -> None:
+        if self.closed and not self.checkout.held:
+            self.drained.set()
+
+    def wake_for_circuit(self) -> None:
+        """When the circuit opens, callers waiting for a new worker fail fast."""
+        if not self.placements.circuit_open or self.members:
+            return
+        waiters = self.checkout.waiters
+        while waiters:
+            waiters.popleft().event.set()
+
+    # -- adding and removing slots ----------------------------------------------
+
+    async def add_slot(self) -> None:
+        slot = f"slot{next(self._slot_ids)}"
+        spec = ChildSpec(
+            slot,
+            self.run_slot,
+            args=(slot,),
+            restart=self.options.restart,
+            shutdown=self.options.stop_timeout + 2.0,
+        )
+        await self.sup.start_child(spec)
+
+    def ensure_capacity(self) -> None:
+        """Lazy pools: start workers for waiting callers, up to ``size``."""
+        if not self.options.lazy or self.closed or self.nursery is None or self.placements.circuit_open:
+            return
+        waiting = len(self.checkout.waiters)
+        while self.pending < waiting and self.sup.count_children().specs + self.pending < self.options.size:
+            self.pending += 1
+            self.nursery.start_soon(self._add_slot_on_demand)
+
+    async def _add_slot_on_demand(self) -> None:
+        try:
+            await self.add_slot()
+        except CorralError as exc:
+            logger.warning("[%s] a worker failed to start: %s", self.name, exc.__cause__ or exc)
+        finally:
+            self.pending -= 1
+        if self.checkout.waiters:
+            self.wake_for_circuit()
+            self.ensure_capacity()
+
+    async def start_eagerly(self, count: int) -> None:
+        """Start ``count`` workers at once; fail the open if any of them cannot start."""
+        failures: list[BaseException] = []
+        tries = len(self.placements)
+
+        async def one() -> None:
+            # With several hosts, a start that failed on one is tried again (the failed
+            # host now ranks last): one host down does not keep the whole pool shut.
+            for attempt in range(tries):
+                try:
+                    await self.add_slot()
+                    return
+                except CorralError as exc:
+                    if attempt + 1 == tries or self.placements.circuit_open:
+                        failures.append(exc)
+                        return
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+        if failures:
+            raise failures[0]
+
+    async def _shrink(self, slot: Hashable) -> None:
+        try:
+            await self.sup.terminate_child(slot)
+        except CorralError:
+            pass
+
+    async def housekeeping(self) -> None:
+        """Idle shrink (lazy pools), age-based recycling of idle workers, session expiry."""
+        options = self.options
+        while True:
+            await trio.sleep(min(1.0, options.idle_timeout / 2))
+            now = trio.current_time()
+            if options.lazy:
+                for member in list(self.members.values()):
+                    since = member.idle_since
+                    if (
+                        since is not None
+                        and now - since >= options.idle_timeout
+                        and len(self.members) > options.effective_min_size
+                        and not member.holders
+                    ):
+                        self.checkout.remove_places(member)
+                        self.start_soon(self._shrink, member.slot)
+            if not self.closed:
+                for member in set(self.checkout.idle):
+                    if not member.recycling and recycle_due(member, options):
+                        self.checkout.remove_places(member)
+                        self.start_soon(recycle, self, member)
+            self.sessions.expire(now)

@@ -1,0 +1,114 @@
+"""What a pool tells the world: worker events, call records, statistics.
+
+Subscribers and observers are plain callbacks, called synchronously where the thing
+happens; with none registered, the hot path pays one truth test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from corral.workers._seam import PoolWorker
+from corral.workers._worker import WorkerState
+
+logger = logging.getLogger("corral.pool")
+
+
+@attrs.frozen
+class PoolStatistics:
+    """A cheap snapshot, safe to log. Latencies are seconds over the last calls."""
+
+    size: int
+    workers_by_state: dict[str, int]
+    waiting: int
+    served: int
+    failed: int
+    restarts: int
+    circuit: str
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+    sessions: int
+
+
+@attrs.frozen
+class WorkerEvent:
+    """A worker changed state (``state``), or the pool did something with it (``action``)."""
+
+    pool: str
+    worker_id: str
+    pid: int | None
+    state: WorkerState
+    action: str  # "state", "checkout", "checkin", "recycle", "call"
+    detail: str = ""
+
+
+@attrs.frozen
+class CallRecord:
+    """One finished call, for telemetry: times are ``time.time_ns()``."""
+
+    pool: str
+    name: str
+    worker_id: str
+    pid: int | None
+    start_ns: int
+    end_ns: int
+    error: str | None  # the exception's type name, or None
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the call's start to its end."""
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+def _unsubscriber(callbacks: list[Callable[..., None]], callback: Callable[..., None]) -> Callable[[], None]:
+    callbacks.append(callback)
+    return lambda: callbacks.remove(callback) if callback in callbacks else None
+
+
+@attrs.define(eq=False)
+class Telemetry:
+    """A pool's counters, latency window, event subscribers and call observers."""
+
+    pool_name: str
+    served: int = 0
+    failed: int = 0
+    latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=2048))
+    subscribers: list[Callable[[WorkerEvent], None]] = attrs.Factory(list)
+    observers: list[Callable[[CallRecord], None]] = attrs.Factory(list)
+
+    def subscribe(self, callback: Callable[[WorkerEvent], None]) -> Callable[[], None]:
+        return _unsubscriber(self.subscribers, callback)
+
+    def observe_calls(self, callback: Callable[[CallRecord], None]) -> Callable[[], None]:
+        return _unsubscriber(self.observers, callback)
+
+    def emit(self, worker: PoolWorker, action: str, detail: str = "") -> None:
+        if self.subscribers:
+            event = WorkerEvent(self.pool_name, worker.id, worker.pid, worker.state, action, detail)
+            for callback in list(self.subscribers):
+                callback(event)
+        if action != "call" and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("[%s] %s %s %s %s", self.pool_name, worker.id, action, worker.state.name, detail)
+
+    def observe(self, name: str, worker: PoolWorker, start_ns: int, error: BaseException | None) -> None:
+        record = CallRecord(
+            self.pool_name,
+            name,
+            worker.id,
+            worker.pid,
+            start_ns,
+            time.time_ns(),
+            None if error is None else type(error).__name__,
+        )
+        for callback in list(self.observers):
+            callback(record)
+
+    def percentiles(self, *ps: float) -> list[float | None]:
+        lat = sorted(self.latencies)
+        return [lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None for p in ps]
