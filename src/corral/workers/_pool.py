@@ -31,8 +31,10 @@ from corral._errors import (
     PoolSaturated,
     SessionLost,
 )
+from corral._shared import collapse as _collapse
+from corral._shared import reraise as _reraise
 from corral.supervisor._spec import Backoff, ChildSpec, Restart
-from corral.supervisor._supervisor import DynamicSupervisor, _collapse, _reraise
+from corral.supervisor._supervisor import DynamicSupervisor
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
 from corral.workers._forkserver import ForkServer, ForkServerLauncher
 from corral.workers._launch import Command, Launcher, PythonModule, as_launcher
