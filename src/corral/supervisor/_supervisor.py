@@ -209,6 +209,7 @@ class Supervisor:
     """
 
     _dynamic = False  # DynamicSupervisor forgets children that stop for good
+    _corral_supervisor = True  # a ChildSpec whose start is our bound run is a supervisor (_spec.py)
 
     def __init__(
         self,
