@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from corral import _validate
 from corral._errors import InvalidSpec
 
 BRUTAL_KILL = 0.0
@@ -66,9 +67,7 @@ def _default_shutdown(spec: ChildSpec) -> float:
     return INFINITY if spec.is_supervisor else 5.0
 
 
-def _check_bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        raise InvalidSpec(attribute.name, f"must be a bool, got {value!r}")
+_a_bool = _validate.instance(bool, "a bool")
 
 
 def _check_start(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -129,12 +128,12 @@ class ChildSpec:
     # Before ``shutdown``, whose default reads it; keyword only, so the positional
     # order of the fields below stays as it was.
     is_supervisor: bool = attrs.field(
-        default=attrs.Factory(_starts_a_supervisor, takes_self=True), validator=_check_bool, kw_only=True
+        default=attrs.Factory(_starts_a_supervisor, takes_self=True), validator=_a_bool, kw_only=True
     )
     shutdown: float = attrs.field(
         default=attrs.Factory(_default_shutdown, takes_self=True), validator=_check_shutdown
     )
-    significant: bool = attrs.field(default=False, validator=_check_bool)
+    significant: bool = attrs.field(default=False, validator=_a_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.significant and self.restart is Restart.PERMANENT:
