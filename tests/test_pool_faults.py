@@ -3,6 +3,7 @@ circuit breaker, and crash isolation under concurrency (a killer task)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -25,6 +26,9 @@ from corral import (
     WorkerState,
     open_pool,
 )
+from corral._shared import IllegalTransition
+from corral.workers._circuit import TRANSITIONS as CIRCUIT_TRANSITIONS
+from corral.workers._circuit import Circuit
 from tests.pool_actions import ACTIONS
 from tests.proc_util import alive, wait_gone
 
@@ -232,6 +236,18 @@ async def test_circuit_breaker_none_never_opens(tmp_path: Path) -> None:
             with pytest.raises(corral.CheckoutTimeout):
                 await pool.call("echo", 1)
             assert pool.statistics().circuit == "closed"
+
+
+def test_circuit_moves_outside_its_table_raise_illegal_transition() -> None:
+    for old, new in itertools.product(corral.CircuitState, corral.CircuitState):
+        circuit = Circuit(CircuitBreaker(), state=old)
+        if new in CIRCUIT_TRANSITIONS[old]:
+            circuit._to(new)
+            assert circuit.state is new
+        else:
+            with pytest.raises(IllegalTransition, match=f"circuit: {old.name} -> {new.name}"):
+                circuit._to(new)
+            assert circuit.state is old
 
 
 # -- crash isolation under concurrency --------------------------------------------------

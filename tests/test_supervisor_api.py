@@ -202,6 +202,49 @@ async def test_dynamic_supervisor_nested_counts_as_supervisor() -> None:
             assert sup.count_children().supervisors == 1
 
 
+async def test_a_spec_declared_a_supervisor_counts_as_one_and_waits_for_it() -> None:
+    kids = Kids()
+
+    async def tree_of_its_own(*, task_status: trio.TaskStatus[None]) -> None:
+        async with corral.open_supervisor(kids.specs("w")):
+            task_status.started()
+            await corral.current_child().stop_requested.wait()
+
+    declared = corral.ChildSpec("own", tree_of_its_own, is_supervisor=True)
+    assert declared.is_supervisor and declared.shutdown == corral.INFINITY
+    assert not corral.ChildSpec("plain", tree_of_its_own).is_supervisor
+    assert corral.ChildSpec("plain", tree_of_its_own).shutdown == 5.0
+    assert corral.ChildSpec("own2", tree_of_its_own, is_supervisor=True, shutdown=1.0).shutdown == 1.0
+    sup = corral.Supervisor([kids.spec("a"), declared])
+    with trio.fail_after(5):
+        async with supervising(sup):
+            assert sup.count_children() == corral.ChildCounts(specs=2, active=2, supervisors=1, workers=1)
+    assert kids.of("exit") == ["w", "a"]
+
+
+async def test_a_supervisor_run_declared_not_a_supervisor_is_a_worker() -> None:
+    kids = Kids()
+    inner = corral.Supervisor(kids.specs("w"))
+    spec = corral.ChildSpec("inner", inner.run, is_supervisor=False)
+    assert spec.shutdown == 5.0
+    sup = corral.Supervisor([spec])
+    with trio.fail_after(5):
+        async with supervising(sup):
+            assert sup.count_children() == corral.ChildCounts(specs=1, active=1, supervisors=0, workers=1)
+
+
+def test_the_run_of_a_supervisor_subclass_is_a_supervisor_by_default() -> None:
+    class Custom(corral.Supervisor):
+        async def run(
+            self, *, task_status: trio.TaskStatus[corral.Supervisor] = trio.TASK_STATUS_IGNORED
+        ) -> None:
+            await super().run(task_status=task_status)  # pragma: no cover
+
+    assert corral.ChildSpec("custom", Custom().run).is_supervisor
+    assert corral.ChildSpec("custom", Custom().run).shutdown == corral.INFINITY
+    assert not corral.ChildSpec("stop", Custom().stop).is_supervisor  # only its run starts a tree
+
+
 # -- InvalidSpec ----------------------------------------------------------------------
 
 
@@ -214,6 +257,8 @@ async def test_dynamic_supervisor_nested_counts_as_supervisor() -> None:
         ({"restart": "permanent"}, "restart"),
         ({"significant": True}, "significant"),  # with PERMANENT
         ({"significant": True, "restart": P}, "significant"),
+        ({"significant": 1, "restart": T}, "significant"),
+        ({"is_supervisor": "yes"}, "is_supervisor"),
         ({"id": ["not", "hashable"]}, "id"),
         ({"start": "not callable"}, "start"),
     ],

@@ -846,6 +846,7 @@ def build_tree(config: Config, console: Console | None = None) -> ProcessTree:
                     ChildSpec(
                         id=child.id,
                         start=nested.run,
+                        is_supervisor=True,
                         restart=child.restart,
                         shutdown=child.shutdown,
                         significant=child.significant,

@@ -8,6 +8,7 @@ from collections.abc import Hashable
 import attrs
 import trio
 
+from corral._shared import check_transition
 from corral.supervisor._context import ChildContext
 from corral.supervisor._events import ExitReason
 from corral.supervisor._spec import ChildSpec
@@ -23,16 +24,12 @@ class ChildState(enum.Enum):
 
 
 _S = ChildState
-#: Every legal move of a child, in one place. Anything else is a bug and raises.
+#: Every legal move of a child, in one place. Anything else is a bug: IllegalTransition.
 TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
     _S.STOPPED: frozenset({_S.RUNNING, _S.RESTARTING}),
     _S.RUNNING: frozenset({_S.STOPPED, _S.RESTARTING}),
     _S.RESTARTING: frozenset({_S.RUNNING, _S.STOPPED}),
 }
-
-
-class IllegalTransition(RuntimeError):
-    pass
 
 
 @attrs.frozen
@@ -92,8 +89,7 @@ class Child:
     def to(self, new: ChildState) -> None:
         if new is self.state:
             return
-        if new not in TRANSITIONS[self.state]:
-            raise IllegalTransition(f"child {self.id!r}: {self.state.name} -> {new.name}")
+        check_transition(TRANSITIONS, self.state, new, f"child {self.id!r}")
         self.state = new
 
     def info(self) -> ChildInfo:

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from corral import _validate
 from corral._errors import InvalidSpec
 
 BRUTAL_KILL = 0.0
@@ -50,16 +51,23 @@ class AutoShutdown(enum.Enum):
 StartFn = Callable[..., Awaitable[object]]
 
 
-def is_supervisor_start(start: object) -> bool:
-    """True when ``start`` is a bound ``run`` of a Supervisor (a nested tree)."""
-    from corral.supervisor._supervisor import Supervisor
+def _starts_a_supervisor(spec: ChildSpec) -> bool:
+    """The default of ``is_supervisor``: ``start`` is the bound ``run`` of a Supervisor.
 
-    owner = getattr(start, "__self__", None)
-    return isinstance(owner, Supervisor) and getattr(start, "__name__", "") == "run"
+    Recognised by the marker the Supervisor class carries (``_corral_supervisor``), so
+    the spec never imports the supervisor module.
+    """
+    owner = getattr(spec.start, "__self__", None)
+    return (
+        getattr(owner, "_corral_supervisor", False) is True and getattr(spec.start, "__name__", "") == "run"
+    )
 
 
 def _default_shutdown(spec: ChildSpec) -> float:
-    return INFINITY if is_supervisor_start(spec.start) else 5.0
+    return INFINITY if spec.is_supervisor else 5.0
+
+
+_a_bool = _validate.instance(bool, "a bool")
 
 
 def _check_start(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -105,32 +113,35 @@ class ChildSpec:
     ``start`` follows trio's ``nursery.start`` protocol: ``async def f(*args,
     task_status)`` that calls ``task_status.started(value)`` once it is ready to be
     relied on, then runs until it is done.
+
+    ``is_supervisor`` (keyword only) is the child's kind, OTP's ``type``: a supervisor
+    (a nested tree) gets ``shutdown=INFINITY`` by default, so it can stop its own
+    children in order, and ``count_children()`` counts it under ``supervisors``.
+    It defaults to True exactly when ``start`` is a bound ``Supervisor.run`` (or a
+    subclass's); say ``is_supervisor=True`` for a function that runs a tree itself.
     """
 
     id: Hashable = attrs.field(validator=_check_hashable)
     start: StartFn = attrs.field(validator=_check_start)
     args: tuple[Any, ...] = attrs.field(default=(), converter=_to_tuple)
     restart: Restart = attrs.field(default=Restart.PERMANENT, validator=_check_enum(Restart))
+    # Before ``shutdown``, whose default reads it; keyword only, so the positional
+    # order of the fields below stays as it was.
+    is_supervisor: bool = attrs.field(
+        default=attrs.Factory(_starts_a_supervisor, takes_self=True), validator=_a_bool, kw_only=True
+    )
     shutdown: float = attrs.field(
         default=attrs.Factory(_default_shutdown, takes_self=True), validator=_check_shutdown
     )
-    significant: bool = attrs.field(default=False)
+    significant: bool = attrs.field(default=False, validator=_a_bool)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.significant, bool):
-            raise InvalidSpec("significant", f"must be a bool, got {self.significant!r}")
         if self.significant and self.restart is Restart.PERMANENT:
             raise InvalidSpec(
                 "significant",
                 "a PERMANENT child cannot be significant (it is always restarted); "
                 "use Restart.TRANSIENT or Restart.TEMPORARY",
             )
-
-    @property
-    def is_supervisor(self) -> bool:
-        """True when ``start`` is a bound ``Supervisor.run``: a nested tree, whose default
-        ``shutdown`` is INFINITY and which ``count_children()`` counts as a supervisor."""
-        return is_supervisor_start(self.start)
 
 
 def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:

@@ -18,7 +18,7 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 import trio
@@ -33,6 +33,7 @@ from corral._errors import (
     RestartIntensityExceeded,
     SupervisorNotRunning,
 )
+from corral._shared import collapse, reraise
 from corral.supervisor._context import ChildContext, Shutdown, _get_current, _set_current
 from corral.supervisor._events import (
     AutoShutdownTriggered,
@@ -166,33 +167,6 @@ class _Children:
         return len(self._by_id)
 
 
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one meaningful exception in a nursery's group, else the group itself."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    if len(leaves) == 1:
-        return leaves[0]
-    meaningful = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(meaningful) == 1:
-        return meaningful[0]
-    return group
-
-
-def _reraise(exc: BaseException) -> NoReturn:
-    try:
-        raise exc
-    finally:
-        del exc
-
-
 def _check_options(
     strategy: object,
     max_restarts: object,
@@ -235,6 +209,7 @@ class Supervisor:
     """
 
     _dynamic = False  # DynamicSupervisor forgets children that stop for good
+    _corral_supervisor = True  # a ChildSpec whose start is our bound run is a supervisor (_spec.py)
 
     def __init__(
         self,
@@ -335,14 +310,14 @@ class Supervisor:
                     finally:
                         self._cancel_aux()
             except BaseExceptionGroup as group:
-                _reraise(_collapse(group))
+                reraise(collapse(group))
         finally:
             self._running = False
             self._nursery = None
             self._finished.set()
         failure, self._failure = self._failure, None
         if failure is not None:
-            _reraise(failure)
+            reraise(failure)
 
     async def stop(self) -> None:
         """Stop every child in reverse start order (each with its grace); wait for it."""
@@ -823,5 +798,5 @@ async def open_supervisor(children: Sequence[ChildSpec] = (), **options: Any) ->
         # itself must come out as it is, not flattened nor wrapped.
         meaningful = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
         if len(group.exceptions) == 1 or len(meaningful) == 1:
-            _reraise((meaningful or list(group.exceptions))[0])
+            reraise((meaningful or list(group.exceptions))[0])
         raise

@@ -16,6 +16,7 @@ import attrs
 import trio
 
 from corral._errors import InvalidSpec
+from corral._shared import check_transition
 
 
 @attrs.frozen
@@ -48,7 +49,7 @@ class CircuitState(enum.Enum):
 
 
 _C = CircuitState
-#: Every legal move of the circuit, in one place.
+#: Every legal move of the circuit, in one place. Anything else is a bug: IllegalTransition.
 TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
     _C.CLOSED: frozenset({_C.OPEN}),
     _C.OPEN: frozenset({_C.HALF_OPEN}),
@@ -67,8 +68,7 @@ class Circuit:
     trial_running: bool = False
 
     def _to(self, new: CircuitState) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"circuit: illegal {self.state.name} -> {new.name}")
+        check_transition(TRANSITIONS, self.state, new, "circuit")
         self.state = new
 
     def allow_start(self) -> bool:

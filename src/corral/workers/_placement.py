@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from corral._errors import CorralError, InvalidSpec
-from corral.supervisor._supervisor import _collapse, _reraise
+from corral._shared import collapse, reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
 from corral.workers._forkserver import ForkServer, ForkServerLauncher
 from corral.workers._launch import Command, Launcher, PythonModule
@@ -135,7 +135,7 @@ class Placements:
                             started = True
                             task_status.started()
                 except BaseExceptionGroup as group:
-                    _reraise(_collapse(group))
+                    reraise(collapse(group))
             except CorralError as exc:
                 if not started:
                     raise

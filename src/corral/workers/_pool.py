@@ -32,8 +32,9 @@ from corral._errors import (
     PoolSaturated,
     SessionLost,
 )
+from corral._shared import collapse, reraise
 from corral.supervisor._spec import Backoff, Restart
-from corral.supervisor._supervisor import DynamicSupervisor, _collapse, _reraise
+from corral.supervisor._supervisor import DynamicSupervisor
 from corral.workers._checkout import Checkout
 from corral.workers._circuit import CircuitBreaker, CircuitState
 from corral.workers._launch import Command, PythonModule, as_launcher
@@ -467,7 +468,7 @@ async def open_pool(handlers: str | Command | PythonModule | None, **options: An
             finally:
                 await pool._close()
     except BaseExceptionGroup as group:
-        _reraise(_collapse(group))
+        reraise(collapse(group))
     finally:
         pool._slots.closed = True
         pool._open = False

@@ -32,8 +32,10 @@ from corral._errors import (
     RequestTimeout,
     WorkerCrashed,
 )
+from corral._shared import IllegalTransition as IllegalTransition  # re-exported: tests import it from here
+from corral._shared import collapse as _collapse
+from corral._shared import reraise as _reraise
 from corral.supervisor._context import _get_current
-from corral.supervisor._supervisor import _collapse, _reraise
 from corral.workers._launch import Launch, Launcher
 from corral.workers._process import Process
 
@@ -68,10 +70,6 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     _W.STOPPED: frozenset(),
     _W.FAILED: frozenset(),
 }
-
-
-class IllegalTransition(RuntimeError):
-    pass
 
 
 @attrs.frozen
