@@ -29,7 +29,7 @@ from tests.proc_util import alive, our_processes, wait_gone
 
 FAULTS = "tests.handlers_faults"
 NODE_WORKER = Path(__file__).resolve().parents[1] / "examples" / "node_worker" / "worker.js"
-FAST = {"checkout_timeout": 10.0, "stop_timeout": 2.0}
+FAST: dict[str, Any] = {"checkout_timeout": 10.0, "stop_timeout": 2.0}
 
 
 def pids_of(pool: corral.Pool) -> set[int]:
@@ -235,7 +235,7 @@ async def test_wrong_arguments_are_rejected_clearly() -> None:
     with pytest.raises(InvalidSpec, match="argv"):
         corral.Command(anything("node worker.js"))
     with pytest.raises(TypeError):
-        async with open_pool(FAULTS, sizes=2):
+        async with open_pool(FAULTS, sizes=2):  # type: ignore[call-arg]
             pass  # pragma: no cover
     with trio.fail_after(10):
         async with open_pool(FAULTS, size=1, **FAST) as pool:

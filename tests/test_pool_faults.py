@@ -34,7 +34,7 @@ from tests.proc_util import alive, wait_gone
 
 FAULTS = "tests.handlers_faults"
 INIT_CONTROL = "tests.handlers_init_control"
-FAST = {"checkout_timeout": 10.0, "stop_timeout": 2.0}
+FAST: dict[str, Any] = {"checkout_timeout": 10.0, "stop_timeout": 2.0}
 QUICK_BACKOFF = corral.Backoff(initial=0.01, maximum=0.05, jitter=0.0)
 
 

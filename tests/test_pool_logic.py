@@ -6,17 +6,20 @@ handlers ("sleep", "echo") run on the trio clock.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 from trio.testing import MockClock
 
 import corral
+from corral.workers._options import PoolOptions
 from corral.workers._pool import Pool
 from tests.fake_worker import Script
 
@@ -229,3 +232,17 @@ async def test_closing_drains_running_calls_and_turns_waiters_away(
     assert results[1] == (10.0, 10)
     with pytest.raises(corral.PoolClosed):
         await pool.call("echo", 1)
+
+
+def test_pool_and_open_pool_take_exactly_the_pool_options() -> None:
+    """One source of truth: Pool's keyword arguments are PoolOptions' fields, with the
+    same defaults, and open_pool shows Pool's signature."""
+    params = inspect.signature(Pool).parameters
+    options = {f.name: f for f in attrs.fields(PoolOptions)}
+    assert [n for n in params if n not in ("handlers", "worker_factory")] == list(options)
+    for name, field in options.items():
+        default: Any = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        assert params[name].default == default, name
+    assert inspect.signature(corral.open_pool) == inspect.signature(Pool)

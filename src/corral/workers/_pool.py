@@ -14,12 +14,13 @@ the API: ``Pool``, ``Lease`` and ``open_pool``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, ParamSpec
 
 import attrs
 import trio
@@ -47,6 +48,9 @@ from corral.workers._sessions import SessionTable
 from corral.workers._slots import Slots
 from corral.workers._telemetry import CallRecord, PoolStatistics, Telemetry, WorkerEvent
 from corral.workers._worker import WorkerInfo, WorkerState
+
+P = ParamSpec("P")
+_OPTION_NAMES = tuple(attrs.fields_dict(PoolOptions))
 
 __all__ = ["CallRecord", "Lease", "Pool", "PoolStatistics", "WorkerEvent", "open_pool"]
 
@@ -106,36 +110,10 @@ class Pool:
         worker_factory: WorkerFactory = process_worker,
     ) -> None:
         launcher = _launcher(handlers, env, cwd)
-        self.options = options = PoolOptions(
-            size=size,
-            min_size=min_size,
-            lazy=lazy,
-            checkout_timeout=checkout_timeout,
-            request_timeout=request_timeout,
-            init_timeout=init_timeout,
-            cancel_grace=cancel_grace,
-            stop_timeout=stop_timeout,
-            drain_timeout=drain_timeout,
-            idle_timeout=idle_timeout,
-            max_requests=max_requests,
-            max_age=max_age,
-            max_memory_mb=max_memory_mb,
-            max_waiting=max_waiting,
-            session_ttl=session_ttl,
-            restart=restart,
-            max_restarts=max_restarts,
-            max_seconds=max_seconds,
-            backoff=backoff,
-            circuit_breaker=circuit_breaker,
-            capture_stderr=capture_stderr,
-            env=env,
-            cwd=cwd,
-            max_frame=max_frame,
-            name=name,
-            hosts=hosts,
-            start_method=start_method,
-            pipeline=pipeline,
-        )
+        # One source of truth: the keyword arguments above are PoolOptions' fields
+        # (tests/test_pool_logic.py checks names and defaults never drift).
+        given = locals()
+        self.options = options = PoolOptions(**{name: given[name] for name in _OPTION_NAMES})
         self.name = name or "pool"
         self._placements = Placements(launcher, handlers, hosts, circuit_breaker, start_method)
         self._checkout = Checkout(pipeline)
@@ -440,6 +418,22 @@ class Lease:
         return f"<Lease of {self._worker!r}>"
 
 
+_PoolContext = AbstractAsyncContextManager[Pool]
+
+
+def _takes_arguments_of(
+    source: Callable[P, object],
+) -> Callable[[Callable[..., _PoolContext]], Callable[P, _PoolContext]]:
+    """Give ``open_pool`` the typed signature of ``Pool`` (one source, no drift)."""
+
+    def wrap(fn: Callable[..., _PoolContext]) -> Any:
+        fn.__signature__ = inspect.signature(source)  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+@_takes_arguments_of(Pool)
 @asynccontextmanager
 async def open_pool(handlers: str | Command | PythonModule | None, **options: Any) -> AsyncIterator[Pool]:
     """Run a pool of supervised worker processes for the duration of the block.
