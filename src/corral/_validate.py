@@ -25,20 +25,24 @@ def _is_number(value: object) -> bool:
 def number(
     *,
     minimum: float = 0.0,
+    maximum: float | None = None,
     strict: bool = False,
     optional: bool = False,
     what: str = "a number",
     field: str | None = None,
 ) -> Validator:
-    """A real number (never a bool or NaN) ``>= minimum`` (``> minimum`` when strict)."""
+    """A real number (never a bool or NaN) ``>= minimum`` (``> minimum`` when strict),
+    and ``<= maximum`` if one is given."""
     op = ">" if strict else ">="
     extra = " or None" if optional else ""
+    rule = f"within [{minimum}, {maximum}]" if maximum is not None else f"{op} {minimum}"
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is None and optional:
             return
-        if not _is_number(value) or value < minimum or (strict and value == minimum):  # type: ignore[operator]
-            raise InvalidSpec(field or attribute.name, f"must be {what} {op} {minimum}{extra}, got {value!r}")
+        ok = _is_number(value) and (value > minimum if strict else value >= minimum)  # type: ignore[operator]
+        if not ok or (maximum is not None and value > maximum):  # type: ignore[operator]
+            raise InvalidSpec(field or attribute.name, f"must be {what} {rule}{extra}, got {value!r}")
 
     return check
 

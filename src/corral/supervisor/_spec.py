@@ -16,6 +16,7 @@ import attrs
 
 from corral import _validate
 from corral._errors import InvalidSpec
+from corral._validate import integer, number
 
 BRUTAL_KILL = 0.0
 """Shutdown grace meaning: cancel the child at once."""
@@ -144,15 +145,6 @@ class ChildSpec:
             )
 
 
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
-    if ok:
-        ok = value >= 0 if allow_zero else value > 0  # type: ignore[operator]
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidSpec(name, f"must be a number {bound}, got {value!r}")
-
-
 @attrs.frozen
 class Backoff:
     """Exponential, capped, jittered delay before an automatic restart.
@@ -166,23 +158,15 @@ class Backoff:
     off only when the crashes repeat.
     """
 
-    initial: float = 0.1
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.1
-    reset_after: float = 10.0
-    immediate: int = 0  # this many consecutive restarts happen at once, before any delay
-
-    def __attrs_post_init__(self) -> None:
-        _positive("backoff.initial", self.initial, allow_zero=True)
-        _positive("backoff.maximum", self.maximum, allow_zero=True)
-        _positive("backoff.reset_after", self.reset_after, allow_zero=True)
-        if not (isinstance(self.multiplier, int | float) and self.multiplier >= 1):
-            raise InvalidSpec("backoff.multiplier", f"must be >= 1, got {self.multiplier!r}")
-        if not (isinstance(self.jitter, int | float) and 0 <= self.jitter <= 1):
-            raise InvalidSpec("backoff.jitter", f"must be within [0, 1], got {self.jitter!r}")
-        if not isinstance(self.immediate, int) or isinstance(self.immediate, bool) or self.immediate < 0:
-            raise InvalidSpec("backoff.immediate", f"must be an int >= 0, got {self.immediate!r}")
+    initial: float = attrs.field(default=0.1, validator=number(minimum=0, field="backoff.initial"))
+    maximum: float = attrs.field(default=30.0, validator=number(minimum=0, field="backoff.maximum"))
+    multiplier: float = attrs.field(
+        default=2.0, validator=number(minimum=1, what="a number", field="backoff.multiplier")
+    )
+    jitter: float = attrs.field(default=0.1, validator=number(minimum=0, maximum=1, field="backoff.jitter"))
+    reset_after: float = attrs.field(default=10.0, validator=number(minimum=0, field="backoff.reset_after"))
+    #: This many consecutive restarts happen at once, before any delay.
+    immediate: int = attrs.field(default=0, validator=integer(minimum=0, field="backoff.immediate"))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before restart number ``attempt`` (1-based) in a row."""

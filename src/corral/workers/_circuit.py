@@ -10,13 +10,12 @@ opens it again.
 from __future__ import annotations
 
 import enum
-import math
 
 import attrs
 import trio
 
-from corral._errors import InvalidSpec
 from corral._shared import check_transition
+from corral._validate import integer, number
 
 
 @attrs.frozen
@@ -29,14 +28,10 @@ class CircuitBreaker:
     start (half open) closes it again or reopens it. Live workers keep serving.
     """
 
-    threshold: int = 5
-    cooldown: float = 10.0
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or self.threshold < 1:
-            raise InvalidSpec("circuit_breaker.threshold", f"must be an int >= 1, got {self.threshold!r}")
-        if not isinstance(self.cooldown, int | float) or math.isnan(self.cooldown) or self.cooldown < 0:
-            raise InvalidSpec("circuit_breaker.cooldown", f"must be seconds >= 0, got {self.cooldown!r}")
+    threshold: int = attrs.field(default=5, validator=integer(minimum=1, field="circuit_breaker.threshold"))
+    cooldown: float = attrs.field(
+        default=10.0, validator=number(minimum=0, what="seconds", field="circuit_breaker.cooldown")
+    )
 
 
 class CircuitState(enum.Enum):
