@@ -1,4 +1,10 @@
-"""Worker processes and the pool; builds on corral.supervisor."""
+"""Worker processes and the pool; builds on corral.supervisor, never the other way.
+
+A worker (``_worker``) is one process behind a framed pipe channel; launchers
+(``_launch``, ``_remote``, ``_forkserver``) say how its process comes to exist; the
+pool (``_pool`` and the modules it wires) supervises workers and hands them out.
+docs/internals.md has the map.
+"""
 
 from corral.workers._circuit import CircuitBreaker, CircuitState
 from corral.workers._launch import Command, PythonModule

@@ -46,18 +46,18 @@ class Checkout:
         member.holders -= 1
         self.held -= 1
         assert self.held >= 0
-        if member.holders == 0 and member.unleased is not None:
-            member.unleased.set()  # a recycle waited for the last holder
-            member.unleased = None
+        if member.holders == 0 and member.holders_gone is not None:
+            member.holders_gone.set()  # a recycle waited for the last holder
+            member.holders_gone = None
 
     def drop(self, member: Member) -> None:
         """Forget every place of a member that left the pool."""
         self.held -= member.holders
         member.holders = 0
         self.remove_places(member)
-        if member.unleased is not None:
-            member.unleased.set()
-            member.unleased = None
+        if member.holders_gone is not None:
+            member.holders_gone.set()
+            member.holders_gone = None
 
     def remove_places(self, member: Member) -> None:
         while member in self.idle:

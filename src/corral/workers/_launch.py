@@ -1,5 +1,7 @@
 """Launchers: how a worker process comes to exist. The one seam between the pool
-and "where does the process run" (a local Python runtime, any program, later ssh).
+and "where does the process run": a local Python runtime (``PythonModule``), any
+program (``Command``), another host (``corral.SSH``, in ``_remote.py``) or a fork of
+a template (``_forkserver.py``).
 
 A launcher only says what to execute; spawning, the handshake and the channel are the
 same for every kind, so the pool never cares how a process was started.

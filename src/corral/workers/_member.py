@@ -46,7 +46,7 @@ class Member:
     #: A planned replacement is under way (max_requests, max_age, max_memory_mb).
     recycling: bool = False
     #: Set by a recycle that waits for the last holder to leave.
-    unleased: trio.Event | None = None
+    holders_gone: trio.Event | None = None
     #: Trio time its last place became idle (None while not idle).
     idle_since: float | None = None
     #: Sessions bound to it: the pool's session load and what is lost when it dies.

@@ -1,8 +1,11 @@
-"""Parent-side view of the worker wire protocol (pure, synchronous, no I/O).
+"""Parent-side view of the worker wire protocol, and how a Python worker is started.
 
-One implementation serves both sides: everything here comes from
+The framing and codecs are one implementation for both sides: they come from
 ``_corral_child._frames`` (the standard-library-only module the child runtime uses).
-docs/protocol.md is the normative spec.
+The rest is the parent's start-up helpers: the child runtime's argv and source
+directory, and byte-compiling the runtime and handler modules once, in the parent, so
+that no worker pays for it (the only file I/O here). docs/protocol.md is the
+normative spec.
 """
 
 from __future__ import annotations

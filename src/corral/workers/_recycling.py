@@ -47,7 +47,7 @@ async def recycle(slots: Slots, member: Member) -> None:
     slots.checkout.remove_places(member)
     slots.telemetry.emit(member.worker, "recycle")
     if member.holders:  # pipelining: callers (an exclusive lease) still hold places
-        member.unleased = done = trio.Event()
+        member.holders_gone = done = trio.Event()
         await done.wait()
         if member.forgotten:
             return
