@@ -21,6 +21,7 @@ from trio.testing import MockClock
 import corral
 from corral.workers._options import PoolOptions
 from corral.workers._pool import Pool
+from corral.workers._sessions import SessionTable
 from tests.fake_worker import Script
 
 
@@ -246,3 +247,54 @@ def test_pool_and_open_pool_take_exactly_the_pool_options() -> None:
             default = default.factory()
         assert params[name].default == default, name
     assert inspect.signature(corral.open_pool) == inspect.signature(Pool)
+
+
+async def test_max_waiting_counts_callers_waiting_for_a_session(autojump_clock: MockClock) -> None:
+    """Every waiter counts toward max_waiting, also those queued for a session's worker."""
+    async with (
+        fake_pool(Script(), size=2, max_waiting=100, checkout_timeout=None) as pool,
+        trio.open_nursery() as nursery,
+    ):
+        await pool.call("echo", 0, session="hot")
+        outcomes: list[Any] = []
+
+        async def caller() -> None:
+            outcomes.append((await timed(pool.call, "sleep", 1, session="hot"))[1])
+
+        for _ in range(300):
+            nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        assert pool.statistics().waiting == 100
+        assert sum(isinstance(o, corral.PoolSaturated) for o in outcomes) == 199  # 1 runs, 100 wait
+    assert outcomes.count(1) == 101
+
+
+async def test_lost_sessions_expire_with_session_ttl(autojump_clock: MockClock) -> None:
+    script = Script()
+    async with fake_pool(script, size=1, session_ttl=1.0) as pool:
+        for i in range(5000):
+            await pool.call("echo", i, session=f"user-{i}")
+        script.made[0].crash()
+        await trio.sleep(0.1)
+        with pytest.raises(corral.SessionLost):
+            await pool.call("echo", 1, session="user-1")
+        await trio.sleep(5)  # longer than session_ttl: the records of lost sessions are gone
+        assert len(pool._sessions.lost) == 0
+        assert await pool.call("echo", 2, session="user-2") == 2  # no stale SessionLost
+
+
+async def test_lost_session_records_are_bounded_in_count(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SessionTable, "MAX_LOST", 500)
+    script = Script()
+    async with fake_pool(script, size=1, session_ttl=None) as pool:
+        for round_ in range(3):
+            for i in range(300):
+                await pool.call("echo", i, session=(round_, i))
+            next(w for w in script.made if w.state.name == "READY").crash()
+            await trio.sleep(0.1)
+        assert len(pool._sessions.lost) == 500
+        with pytest.raises(corral.SessionLost):  # the newest are kept
+            await pool.call("echo", 1, session=(2, 299))
+        assert await pool.call("echo", 1, session=(0, 0)) == 1  # the oldest went first

@@ -325,3 +325,14 @@ async def test_failed_restart_is_retried_after_the_backoff(autojump_clock: trio.
     assert delays == [1.0, 2.0, 4.0]
     failed = [e for e in events if isinstance(e, corral.RestartFailed)]
     assert len(failed) == 2 and all(isinstance(e.exception, InitFailed) for e in failed)
+
+
+def test_backoff_delay_never_overflows() -> None:
+    """A large multiplier and a long crash streak cap at maximum, never OverflowError."""
+    backoff = corral.Backoff(initial=0.001, maximum=0.01, multiplier=1e6, jitter=0.0)
+    for attempt in (1, 2, 54, 10_000, 10**9):
+        assert 0.0 <= backoff.delay(attempt) <= 0.01
+    assert corral.Backoff(initial=0.5, maximum=2.0, multiplier=1.0).delay(10**9) <= 2.0
+    assert corral.Backoff(initial=0.0, maximum=2.0, multiplier=3.0).delay(10**9) == 0.0
+    assert corral.Backoff(initial=1e-300, maximum=1e300, multiplier=1e300, jitter=0.0).delay(3) == 1e300
+    assert corral.Backoff(initial=1.0, maximum=5.0, multiplier=2.0, jitter=0.0).delay(3) == 4.0

@@ -173,7 +173,11 @@ class Backoff:
         attempt -= self.immediate
         if attempt <= 0:
             return 0.0
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
+        base = min(self.maximum, self.initial)
+        if 0 < base < self.maximum and self.multiplier > 1:
+            # In logarithms, capped before any power is taken: never an OverflowError.
+            grown = math.log(self.initial) + (attempt - 1) * math.log(self.multiplier)
+            base = self.maximum if grown >= math.log(self.maximum) else math.exp(grown)
         if self.jitter:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
             base = min(self.maximum, base * (1 + spread))

@@ -15,7 +15,8 @@ Invariants (asserted where cheap):
 - A forgotten or recycling member has no entry in ``idle`` (``remove_places``).
 - ``held`` is the sum of ``holders`` over live members: 0 means nobody holds a place.
 - A waiter whose event is set is stale (it got a place, gave up, or was turned away):
-  it is skipped where met and never woken twice.
+  it is skipped where met and never woken twice. ``queued`` counts the others, in
+  every queue (anonymous and sessions'): every wake goes through ``wake``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ class Checkout:
         self.idle: deque[Member] = deque()  # one entry per free place
         self.waiters: deque[Waiter] = deque()  # anonymous callers, oldest first
         self.held = 0  # places held by callers, over all live members
+        self.queued = 0  # waiters not woken yet, in every queue
+
+    def enqueue(self, queue: deque[Waiter]) -> Waiter:
+        waiter = Waiter()
+        queue.append(waiter)
+        self.queued += 1
+        return waiter
+
+    def wake(self, waiter: Waiter, member: Member | None = None) -> None:
+        """Wake a waiter, with a place on ``member`` (held for it) or without one."""
+        if waiter.event.is_set():
+            return
+        self.queued -= 1
+        assert self.queued >= 0
+        if member is not None:
+            self.hold(member)
+            waiter.member = member
+        waiter.event.set()
 
     def hold(self, member: Member) -> None:
         member.holders += 1
@@ -73,9 +92,7 @@ class Checkout:
             while queue:
                 waiter = queue.popleft()
                 if not waiter.event.is_set():
-                    self.hold(member)
-                    waiter.member = member
-                    waiter.event.set()
+                    self.wake(waiter, member)
                     return
         self.idle.append(member)
         member.idle_since = trio.current_time()
@@ -124,7 +141,7 @@ class Checkout:
         return True
 
     def abandon(self, waiter: Waiter) -> None:
-        waiter.event.set()  # set without a member: give() skips it
+        self.wake(waiter)  # woken without a member: give() skips it
         try:
             self.waiters.remove(waiter)
         except ValueError:
@@ -133,12 +150,7 @@ class Checkout:
     def turn_away_all(self, members: list[Member]) -> None:
         """The pool closes: every waiter is woken without a place."""
         for waiter in self.waiters:
-            waiter.event.set()
+            self.wake(waiter)
         for member in members:
             for waiter in member.session_waiters:
-                waiter.event.set()
-
-    def waiting(self, members: list[Member]) -> int:
-        """Callers still waiting (anonymous and for a session's worker)."""
-        count = sum(1 for w in self.waiters if not w.event.is_set())
-        return count + sum(1 for m in members for w in m.session_waiters if not w.event.is_set())
+                self.wake(waiter)

@@ -235,7 +235,7 @@ class Pool:
         return PoolStatistics(
             size=self.size,
             workers_by_state=by_state,
-            waiting=self._checkout.waiting(members),
+            waiting=self._checkout.queued,
             served=telemetry.served,
             failed=telemetry.failed,
             restarts=sum(info.restarts for info in self._slots.sup.which_children()),
@@ -281,15 +281,8 @@ class Pool:
                 f"pool {self.name!r}: workers keep failing to start; calls fail fast for "
                 f"{self._placements.retry_in():.1f} s more"
             )
-        waiters = self._checkout.waiters
-        max_waiting = self.options.max_waiting
-        if max_waiting is not None and len(waiters) >= max_waiting:
-            raise PoolSaturated(
-                f"pool {self.name!r}: {len(waiters)} callers already wait for a worker "
-                f"(max_waiting={max_waiting}); shed load or raise max_waiting"
-            )
-        waiter = Waiter()
-        waiters.append(waiter)
+        self._check_saturation()
+        waiter = self._checkout.enqueue(self._checkout.waiters)
         slots.ensure_capacity()
         return await self._wait(waiter, timeout, None)
 
@@ -304,11 +297,21 @@ class Pool:
             self._checkout.take_place_of(member)
             self._sessions.bind(session, member, trio.current_time())
             return member
-        waiter = Waiter()
-        member.session_waiters.append(waiter)
+        self._check_saturation()
+        waiter = self._checkout.enqueue(member.session_waiters)
         got = await self._wait(waiter, timeout, session)
         self._sessions.bind(session, got, trio.current_time())
         return got
+
+    def _check_saturation(self) -> None:
+        """``max_waiting`` counts every waiter, for any worker or for a session's."""
+        max_waiting = self.options.max_waiting
+        queued = self._checkout.queued
+        if max_waiting is not None and queued >= max_waiting:
+            raise PoolSaturated(
+                f"pool {self.name!r}: {queued} callers already wait for a worker "
+                f"(max_waiting={max_waiting}); shed load or raise max_waiting"
+            )
 
     async def _wait(self, waiter: Waiter, timeout: float | None, session: Hashable | None) -> Member:
         if timeout is None:
@@ -331,7 +334,7 @@ class Pool:
         if self._slots.closed:
             return PoolClosed(f"pool {self.name!r} closed while the caller waited")
         if waiter.lost:
-            self._sessions.lost.discard(session)
+            self._sessions.forget_lost(session)
             return SessionLost(f"the worker that held session {session!r} died while the caller waited")
         members = self._slots.members
         if self._placements.circuit_open and not members:

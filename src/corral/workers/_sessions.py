@@ -3,7 +3,9 @@
 A binding remembers when it was last used and expires after ``session_ttl``. Each
 member keeps the set of its sessions, so a worker's session load and what its death
 loses are known without a scan. A session whose worker died is *lost*: the first call
-for it raises ``SessionLost`` once, and the next binds it to a new worker.
+for it raises ``SessionLost`` once, and the next binds it to a new worker. The record
+of a lost session expires with ``session_ttl`` too, and at most ``MAX_LOST`` are kept
+(the oldest go first), so keys that never come back cost nothing forever.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from corral.workers._member import Member
 
 
 class SessionTable:
-    """Session key -> (member, last use); and the keys whose worker died."""
+    """Session key -> (member, last use); and the keys whose worker died, oldest first."""
+
+    MAX_LOST = 65_536
 
     def __init__(self, ttl: float | None) -> None:
         self.ttl = ttl
         self.bound: dict[Hashable, tuple[Member, float]] = {}
-        self.lost: set[Hashable] = set()
+        self.lost: dict[Hashable, float] = {}  # key -> when it was lost (insertion order)
 
     def __len__(self) -> int:
         return len(self.bound)
@@ -40,8 +44,8 @@ class SessionTable:
     def lookup(self, session: Hashable, now: float) -> Member | None:
         """The member this session is bound to (None if unbound or expired); a session
         whose worker died raises ``SessionLost``, once."""
-        if session in self.lost:
-            self.lost.discard(session)
+        lost_at = self.lost.pop(session, None)
+        if lost_at is not None and (self.ttl is None or now - lost_at <= self.ttl):
             raise SessionLost(
                 f"the worker that held session {session!r} died; its state is gone. "
                 "The next call binds the session to a new worker."
@@ -55,12 +59,19 @@ class SessionTable:
             return None
         return member
 
-    def lose(self, member: Member) -> None:
+    def lose(self, member: Member, now: float) -> None:
         """Its worker died: every session bound to it is lost."""
+        lost = self.lost
         for session in member.sessions:
             del self.bound[session]
-            self.lost.add(session)
+            lost.pop(session, None)  # re-inserted last: the order stays by time
+            lost[session] = now
         member.sessions.clear()
+        while len(lost) > self.MAX_LOST:
+            del lost[next(iter(lost))]
+
+    def forget_lost(self, session: Hashable) -> None:
+        self.lost.pop(session, None)
 
     def expire(self, now: float) -> None:
         if self.ttl is None:
@@ -68,3 +79,9 @@ class SessionTable:
         for session, (_, last) in list(self.bound.items()):
             if now - last > self.ttl:
                 self.unbind(session)
+        lost = self.lost
+        while lost:
+            oldest = next(iter(lost))
+            if now - lost[oldest] <= self.ttl:
+                break
+            del lost[oldest]

@@ -165,10 +165,10 @@ class Slots:
         self.checkout.drop(member)
         member.forgotten = True
         member.exclusive = member.recycling = False
-        self.sessions.lose(member)
+        self.sessions.lose(member, trio.current_time())
         for waiter in member.session_waiters:
             waiter.lost = True
-            waiter.event.set()  # woken without a worker: SessionLost
+            self.checkout.wake(waiter)  # woken without a worker: SessionLost
         member.session_waiters.clear()
         self.note_release()
 
@@ -182,7 +182,7 @@ class Slots:
             return
         waiters = self.checkout.waiters
         while waiters:
-            waiters.popleft().event.set()
+            self.checkout.wake(waiters.popleft())
 
     # -- adding and removing slots ----------------------------------------------
 
