@@ -298,3 +298,36 @@ async def test_lost_session_records_are_bounded_in_count(
         with pytest.raises(corral.SessionLost):  # the newest are kept
             await pool.call("echo", 1, session=(2, 299))
         assert await pool.call("echo", 1, session=(0, 0)) == 1  # the oldest went first
+
+
+class _CountingDict(dict[Any, Any]):
+    """A dict that counts the scans over it (iterations, values(), items())."""
+
+    scans = 0
+
+    def __iter__(self) -> Any:
+        _CountingDict.scans += 1
+        return super().__iter__()
+
+    def values(self) -> Any:
+        _CountingDict.scans += 1
+        return super().values()
+
+    def items(self) -> Any:
+        _CountingDict.scans += 1
+        return super().items()
+
+
+async def test_binding_a_session_never_scans_the_other_sessions(autojump_clock: MockClock) -> None:
+    """O(1) per call whatever the number of live sessions (benchmarks/sessions.py has the
+    figures): neither binding, nor spreading, nor losing a worker scans every binding."""
+    script = Script()
+    async with fake_pool(script, size=4, session_ttl=None) as pool:
+        pool._sessions.bound = _CountingDict()
+        _CountingDict.scans = 0
+        for i in range(2000):
+            await pool.call("echo", i, session=i)
+        script.made[0].crash()
+        await trio.sleep(1)
+        assert _CountingDict.scans == 0
+        assert len(pool._sessions) == 1500
