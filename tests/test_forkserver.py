@@ -61,3 +61,68 @@ def test_forkserver_is_for_local_python_workers_only() -> None:
         corral.Pool(corral.Command(["node", "w.js"]), start_method="forkserver")
     with pytest.raises(corral.InvalidSpec, match="start_method"):
         corral.Pool("m", start_method="fork")
+
+
+async def _template_pid(pool: corral.Pool, other_than: int | None = None) -> int:
+    """The pid of the running template (a new one, if ``other_than`` is given)."""
+    while True:
+        forkserver = pool._placements.forkserver
+        assert forkserver is not None
+        pid = forkserver.server.pid
+        if pid is not None and pid != other_than:
+            return pid
+        await trio.sleep(0.01)
+
+
+async def _serves(pool: corral.Pool) -> int:
+    """Call until a call succeeds (the pool recovers); the template's pid."""
+    while True:
+        try:
+            _, template, _ = await pool.call("ids")
+            return template  # type: ignore[no-any-return]
+        except corral.CorralError:
+            await trio.sleep(0.05)
+
+
+async def test_a_template_killed_while_it_imports_never_wedges_the_pool() -> None:
+    """Kill the template, then its replacement while it still imports the module: the
+    restarting workers get an error (not a wait without end), a third template serves,
+    and leaving the pool returns."""
+    with trio.fail_after(40):
+        async with corral.open_pool(
+            "tests.handlers_slow_import", size=2, start_method="forkserver", init_timeout=5.0
+        ) as pool:
+            first = await _template_pid(pool)
+            os.kill(first, signal.SIGKILL)
+            second = await _template_pid(pool, other_than=first)
+            await trio.sleep(0.3)  # it is importing (1 s)
+            os.kill(second, signal.SIGKILL)
+            with trio.fail_after(20):
+                third = await _serves(pool)
+            assert third not in (first, second)
+
+
+async def test_a_stopped_template_is_killed_and_replaced() -> None:
+    """A SIGSTOPped template does not answer a fork: after init_timeout it is killed
+    and replaced, and the worker that needed it starts from the new one."""
+    with trio.fail_after(40):
+        async with corral.open_pool(
+            "tests.handlers_fork", size=1, start_method="forkserver", init_timeout=2.0
+        ) as pool:
+            worker, template, _ = await pool.call("ids")
+            os.kill(template, signal.SIGSTOP)
+            os.kill(worker, signal.SIGKILL)
+            with trio.fail_after(20):
+                new_template = await _serves(pool)
+            assert new_template != template
+
+
+async def test_leaving_the_pool_while_the_template_is_stopped_returns() -> None:
+    with trio.fail_after(20):
+        async with corral.open_pool(
+            "tests.handlers_fork", size=1, start_method="forkserver", init_timeout=2.0
+        ) as pool:
+            worker, template, _ = await pool.call("ids")
+            os.kill(template, signal.SIGSTOP)
+            os.kill(worker, signal.SIGKILL)
+            await trio.sleep(0.3)  # a restart is waiting for the stopped template

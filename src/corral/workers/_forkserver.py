@@ -14,7 +14,6 @@ The template reaps workers and reports their exit statuses over the control sock
 from __future__ import annotations
 
 import json
-import math
 import os
 import select
 import signal
@@ -100,19 +99,27 @@ class ForkedProcess(Process):
 
 @attrs.define(eq=False)
 class ForkServer:
-    """The template process and its control socket. Run it with ``nursery.start(fs.run)``."""
+    """The template process and its control socket. Run it with ``nursery.start(fs.run)``.
+
+    Every wait on the template is bounded by ``timeout`` (the pool's init_timeout): a
+    template that does not become ready, or does not answer a fork, is killed; its
+    ``run`` then ends with ``ForkServerError`` and the pool starts a new one. A fork
+    waiting for a template that dies fails at once with ``ForkServerError``.
+    """
 
     module: str | None
     python: str = sys.executable
     env: Mapping[str, str] | None = None
     cwd: str | None = None
+    timeout: float = 30.0
     statuses: dict[int, int] = attrs.Factory(dict)
     _reported: dict[int, trio.Event] = attrs.Factory(dict)
-    _ctl: trio.socket.SocketType | None = None
     _sock: socket.socket | None = None
-    _replies: Any = None
-    _lock: trio.Lock = attrs.Factory(trio.Lock)
+    _forks: dict[str, _Fork] = attrs.Factory(dict)  # fork requests waiting for a reply
+    _ready: trio.Event = attrs.Factory(trio.Event)
+    _first: dict[str, Any] = attrs.Factory(dict)
     _dead: BaseException | None = None
+    _proc: subprocess.Popen[bytes] | None = None
     pid: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[ForkServer] = trio.TASK_STATUS_IGNORED) -> None:
@@ -136,58 +143,85 @@ class ForkServer:
         finally:
             child_sock.close()
         self.pid = proc.pid
+        self._proc = proc
         self._sock = parent_sock
         ctl = trio.socket.from_stdlib_socket(parent_sock)
-        self._ctl = ctl
-        send, self._replies = trio.open_memory_channel[dict[str, Any]](math.inf)
-        first: dict[str, Any] = {}
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, ctl, send, nursery.cancel_scope)
-                first = await self._replies.receive()
-                if first.get("op") == "ready":
+                nursery.start_soon(self._read, ctl, nursery.cancel_scope)
+                with trio.move_on_after(self.timeout) as waited:
+                    await self._ready.wait()
+                if waited.cancelled_caught:
+                    self._end(ForkServerError(f"the fork server was not ready within {self.timeout} s"))
+                    nursery.cancel_scope.cancel()
+                else:
                     task_status.started(self)
                     await trio.sleep_forever()  # until _read sees the template go
         finally:
-            # Synchronous and bounded: the template dies at once on SIGKILL.
+            self._end(ForkServerError("the fork server exited"))
+            # Synchronous and bounded: the template dies at once on SIGKILL (stopped too).
             ctl.close()
+            self.kill()
+            proc.wait()
+        if self._first.get("op") == "error":
+            raise ForkServerError(f"the fork server could not start: {self._first.get('message')}")
+        raise ForkServerError(f"the fork server (pid {proc.pid}) exited: {self._dead}")
+
+    def fresh(self) -> ForkServer:
+        """A new template with the same settings (this one died)."""
+        return ForkServer(self.module, self.python, self.env, self.cwd, self.timeout)
+
+    def kill(self) -> None:
+        """Kill the template (and whatever is left of its group): its ``run`` ends."""
+        if self.pid is not None:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.wait()
-        if first.get("op") != "ready":
-            raise ForkServerError(f"the fork server could not start: {first.get('message')}")
-        raise ForkServerError(f"the fork server (pid {proc.pid}) exited")
 
-    async def _read(
-        self,
-        ctl: trio.socket.SocketType,
-        send: trio.MemorySendChannel[dict[str, Any]],
-        scope: trio.CancelScope,
-    ) -> None:
+    def _end(self, error: BaseException) -> None:
+        """The template is gone or given up: every waiting fork fails now."""
+        if self._dead is None:
+            self._dead = error
+        for fork in self._forks.values():
+            fork.done.set()
+        self._forks.clear()
+        for event in self._reported.values():
+            event.set()
+
+    async def _read(self, ctl: trio.socket.SocketType, scope: trio.CancelScope) -> None:
         while True:
             try:
                 data = await ctl.recv(65536)
             except OSError:
                 data = b""
             if not data:
-                self._dead = ForkServerError("the fork server exited")
-                send.send_nowait({"op": "error", "message": "the fork server exited"})
-                for event in self._reported.values():
-                    event.set()
+                self._end(ForkServerError("the fork server exited"))
                 scope.cancel()
                 return
             msg = json.loads(data)
-            if msg.get("op") == "exit":
+            op = msg.get("op")
+            if op == "exit":
                 self.statuses[msg["pid"]] = msg["status"]
                 self._reported.pop(msg["pid"], trio.Event()).set()
+            elif op == "ready" or (op == "error" and not self._ready.is_set()):
+                self._first = msg
+                if op == "ready":
+                    self._ready.set()
+                else:
+                    self._end(ForkServerError(f"the fork server could not start: {msg.get('message')}"))
             else:
-                send.send_nowait(msg)
+                fork = self._forks.pop(str(msg.get("id")), None)
+                if fork is not None:
+                    fork.reply = msg
+                    fork.done.set()
+                elif op == "forked":  # its caller gave up: the process is nobody's
+                    _kill_group(int(msg["pid"]))
 
     @property
     def alive(self) -> bool:
-        return self._sock is not None and self._dead is None
+        """Ready to fork: it imported the module, and it has not died."""
+        return self._ready.is_set() and self._dead is None
 
     async def wait_reported(self, pid: int) -> None:
         if pid in self.statuses or self._dead is not None:
@@ -196,7 +230,7 @@ class ForkServer:
 
     async def fork(self, worker_id: str, env: Mapping[str, str] | None) -> ForkedProcess:
         """A new worker process, forked from the template, with fresh pipes."""
-        if self._sock is None or self._dead is not None:
+        if self._sock is None or not self.alive:
             raise ForkServerError(str(self._dead or "the fork server is not running"))
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -204,20 +238,47 @@ class ForkServer:
         for fd in (in_w, out_w):
             _grow_pipe(fd)
         payload = json.dumps({"op": "fork", "id": worker_id, "env": dict(env or {})}).encode()
+        self._forks[worker_id] = fork = _Fork()
         try:
-            async with self._lock:  # one fork in flight: replies come back in order
-                await trio.lowlevel.checkpoint_if_cancelled()
-                socket.send_fds(self._sock, [payload], [in_r, out_w, err_w])
-                with trio.CancelScope(shield=True):
-                    reply = await self._replies.receive()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            socket.send_fds(self._sock, [payload], [in_r, out_w, err_w])
+            with trio.move_on_after(self.timeout):
+                await fork.done.wait()
+        except BaseException:
+            self._forks.pop(worker_id, None)
+            for fd in (in_w, out_r, err_r):
+                os.close(fd)
+            raise
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
+        self._forks.pop(worker_id, None)
+        reply = fork.reply
         if reply.get("op") != "forked":
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
-            raise ForkServerError(f"fork failed: {reply.get('message')}")
+            if not fork.done.is_set():  # it stopped answering: replace it
+                self.kill()
+                raise ForkServerError(f"the fork server did not answer within {self.timeout} s; replaced")
+            raise ForkServerError(f"fork failed: {reply.get('message') or self._dead}")
         return ForkedProcess(self, reply["pid"], in_w, out_r, err_r)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _Fork:
+    """One fork request waiting for the template's reply."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: dict[str, Any] = {}
 
 
 @attrs.define(eq=False)
@@ -232,9 +293,9 @@ class ForkServerLauncher:
         return self.base.launch(worker_id)
 
     async def spawn(self, worker_id: str, launch: Launch) -> Process:
-        # A template that just died is being replaced: wait for it (briefly) rather
-        # than fail every restart and trip the circuit breaker.
-        with trio.move_on_after(5.0):
+        # A template that just died is being replaced: wait for it (at most the
+        # pool's init_timeout) rather than fail every restart and trip the breaker.
+        with trio.move_on_after(self.server.timeout):
             while not self.server.alive:
                 await trio.sleep(0.01)
         return await self.server.fork(worker_id, launch.env)

@@ -72,6 +72,7 @@ class Placements:
         hosts: Sequence[SSH | Command | PythonModule | str] | None,
         breaker: CircuitBreaker | None,
         start_method: str,
+        init_timeout: float = 30.0,
     ) -> None:
         if start_method == "forkserver" and (hosts is not None or not isinstance(launcher, PythonModule)):
             raise InvalidSpec(
@@ -82,7 +83,7 @@ class Placements:
         self.forkserver: ForkServerLauncher | None = None
         if start_method == "forkserver":
             assert isinstance(launcher, PythonModule)
-            server = ForkServer(launcher.module, launcher.python, launcher.env, launcher.cwd)
+            server = ForkServer(launcher.module, launcher.python, launcher.env, launcher.cwd, init_timeout)
             self.forkserver = ForkServerLauncher(launcher, server)
             self.all[0].launcher = self.forkserver
 
@@ -141,5 +142,4 @@ class Placements:
                     raise
                 logger.warning("[%s] fork server failed: %s; starting a new one", pool_name, exc)
             await trio.sleep(0.05)
-            base = launcher.base
-            launcher.server = ForkServer(base.module, base.python, base.env, base.cwd)
+            launcher.server = launcher.server.fresh()

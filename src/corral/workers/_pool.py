@@ -115,7 +115,7 @@ class Pool:
         given = locals()
         self.options = options = PoolOptions(**{name: given[name] for name in _OPTION_NAMES})
         self.name = name or "pool"
-        self._placements = Placements(launcher, handlers, hosts, circuit_breaker, start_method)
+        self._placements = Placements(launcher, handlers, hosts, circuit_breaker, start_method, init_timeout)
         self._checkout = Checkout(pipeline)
         self._sessions = SessionTable(session_ttl)
         self._telemetry = Telemetry(self.name)
