@@ -113,3 +113,49 @@ async def test_cancelled_open_leaves_nothing_behind(tmp_path: Path) -> None:
             ):
                 pytest.fail("the body must not run")  # pragma: no cover
     # the autouse fixture checks that no worker is left
+
+
+GRANDCHILD_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import trio, corral
+
+async def main():
+    async with corral.open_pool("tests.handlers_faults", size=2, start_method={method!r}) as pool:
+        async with pool.checkout() as a, pool.checkout() as b:
+            pids = [await a.call("getpid"), await b.call("getpid")]
+            pids += [await a.call("spawn_grandchild"), await b.call("spawn_grandchild")]
+        print(" ".join(map(str, pids)), flush=True)
+        await trio.sleep(100)
+
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+async def test_handlers_children_die_with_a_sigkilled_parent(method: str) -> None:
+    """What a handler started (its process group) is gone within 2 s of the parent's
+    SIGKILL, with both start methods (the pool's reaper kills the groups)."""
+    script = GRANDCHILD_SCRIPT.format(root=str(ROOT), method=method)
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    pids: list[int] = []
+    try:
+        with trio.fail_after(20):
+            line = await read_line(proc.stdout)
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 4 and all(alive(p) for p in pids)
+        os.kill(proc.pid, signal.SIGKILL)
+        with trio.fail_after(5):
+            await proc.wait()
+        assert await wait_gone(pids, timeout=2.0) == []
+    finally:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            await proc.stdout.aclose()
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)

@@ -357,6 +357,7 @@ class Pool:
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         slots = self._slots
+        slots.reaper.start()
         async with trio.open_nursery() as nursery:
             slots.nursery = nursery
             if self._placements.forkserver is not None:
@@ -469,3 +470,4 @@ async def open_pool(handlers: str | Command | PythonModule | None, **options: An
     finally:
         pool._slots.closed = True
         pool._open = False
+        pool._slots.reaper.close()

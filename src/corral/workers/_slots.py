@@ -27,6 +27,7 @@ from corral.workers._launch import Launcher
 from corral.workers._member import Member
 from corral.workers._options import PoolOptions, WorkerOptions
 from corral.workers._placement import Placements
+from corral.workers._reaper import ReapedLauncher, Reaper
 from corral.workers._recycling import recycle, recycle_due
 from corral.workers._seam import PoolWorker, StateCallback, WorkerFactory
 from corral.workers._sessions import SessionTable
@@ -102,6 +103,7 @@ class Slots:
         self.closed = False
         self.nursery: trio.Nursery | None = None
         self.drained = trio.Event()  # closed, and nobody holds a place
+        self.reaper = Reaper()  # kills workers' groups if the parent dies (_reaper.py)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.nursery is not None:
@@ -118,7 +120,8 @@ class Slots:
                 f"{self.placements.retry_in():.1f} s"
             )
         worker_id = f"w{next(self._incarnations)}"
-        worker = self.factory(placement.launcher, self.worker_options, worker_id, self._on_state)
+        launcher = ReapedLauncher(placement.launcher, self.reaper)
+        worker = self.factory(launcher, self.worker_options, worker_id, self._on_state)
         member = Member(worker, placement, slot)
         self.members[worker_id] = member
         placement.live += 1
@@ -126,6 +129,8 @@ class Slots:
             await worker.run(task_status=task_status)
         finally:
             placement.live -= 1
+            if worker.pid is not None:
+                self.reaper.discard(worker.pid)  # its group is gone (killed on the way out)
             self.forget(member)
             if worker.ready_at is None:
                 placement.circuit.record_failure()
