@@ -357,7 +357,6 @@ class Pool:
 
     async def _run(self, *, task_status: trio.TaskStatus[None]) -> None:
         slots = self._slots
-        slots.reaper.start()
         async with trio.open_nursery() as nursery:
             slots.nursery = nursery
             if self._placements.forkserver is not None:

@@ -69,6 +69,8 @@ class Reaper:
             self._fd = None  # it died: nothing more to tell it
 
     def add(self, pgid: int) -> None:
+        if self._proc is None:  # started with the first worker: a lazy pool has none
+            self.start()
         self._send(b"+%d\n" % pgid)
 
     def discard(self, pgid: int) -> None:
