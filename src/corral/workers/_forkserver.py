@@ -28,7 +28,7 @@ import trio
 
 from corral._errors import CorralError
 from corral.workers._launch import Launch, PythonModule
-from corral.workers._process import Process, _grow_pipe, open_pidfd
+from corral.workers._process import PORTABLE, Process, _grow_pipe, open_pidfd
 from corral.workers._protocol import child_src_dir
 
 
@@ -128,6 +128,8 @@ class ForkServer:
         env.update(self.env or {})
         env["CORRAL_ZYGOTE_FD"] = str(child_sock.fileno())
         env["CORRAL_PARENT_PID"] = str(os.getpid())
+        if PORTABLE:
+            env["CORRAL_PDEATHSIG"] = "0"
         env["CORRAL_SYS_PATH"] = json.dumps([p if p else os.getcwd() for p in sys.path])
         argv = [self.python, "-c", _bootstrap()] + ([self.module] if self.module else [])
         try:

@@ -4,6 +4,10 @@ We spawn with ``subprocess.Popen`` from the Trio thread (vfork: a millisecond) r
 than trio's ``open_process``, which spawns from a worker thread: Linux's
 PR_SET_PDEATHSIG fires when the *thread* that forked dies, and trio's idle threads do.
 Exit is awaited on a pidfd where the kernel has them, else by polling.
+
+``CORRAL_PORTABLE=1`` turns the Linux-only accelerations off (pidfds, 1 MiB pipes,
+PR_SET_PDEATHSIG in the worker), so that the paths macOS takes are exercised on Linux
+too: tests/test_portable.py runs the process tests that way.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-_HAVE_PIDFD = hasattr(os, "pidfd_open")
+#: The paths other platforms take, selected on Linux (see the module docstring).
+PORTABLE = os.environ.get("CORRAL_PORTABLE") == "1"
+_HAVE_PIDFD = hasattr(os, "pidfd_open") and not PORTABLE
 
 
 def open_pidfd(pid: int) -> int | None:
@@ -38,7 +44,7 @@ def _grow_pipe(fd: int) -> None:
     then crosses in a few writes instead of sixteen 64 KiB round trips through the
     scheduler. Harmless where refused (capped by /proc/sys/fs/pipe-max-size)."""
     setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setpipe is None:
+    if setpipe is None or PORTABLE:
         return
     try:
         fcntl.fcntl(fd, setpipe, _PIPE_SIZE)
@@ -66,6 +72,8 @@ class Process:
             if env:
                 full_env.update(env)
             full_env["CORRAL_PARENT_PID"] = str(os.getpid())
+            if PORTABLE:
+                full_env["CORRAL_PDEATHSIG"] = "0"
             self._popen = subprocess.Popen(
                 list(argv),
                 stdin=in_r,
