@@ -242,6 +242,15 @@ async def test_pool_spreads_workers_over_hosts_by_weight(sshd: dict[str, str]) -
             assert pool.statistics().circuit.count("closed") == 2
 
 
+async def test_a_remote_pool_can_be_held_to_json(sshd: dict[str, str]) -> None:
+    """codec="json": the parent never unpickles what a remote host sends."""
+    with trio.fail_after(30):
+        async with open_pool(BASIC, size=1, hosts=[host(sshd)], codec="json") as pool:
+            assert await pool.call("echo", [1, "two"]) == [1, "two"]
+            with pytest.raises(TypeError):
+                await pool.run_sync(sorted, [2, 1])
+
+
 async def test_killing_the_ssh_connection_mid_call(sshd: dict[str, str], reap: list[int]) -> None:
     """The call fails with WorkerCrashed; the remote worker and what it spawned are gone
     within 2 s; the replacement serves."""

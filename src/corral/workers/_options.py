@@ -84,6 +84,10 @@ class PoolOptions:
         default="spawn", validator=one_of(("spawn", "forkserver"), '"spawn" or "forkserver"')
     )
     pipeline: int = attrs.field(default=1, validator=integer(minimum=1))
+    #: The only payload codec the parent accepts; None: the launcher's choice.
+    codec: str | None = attrs.field(
+        default=None, validator=one_of((None, "json", "pickle"), 'None, "json" or "pickle"')
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.min_size is not None and self.min_size > self.size:

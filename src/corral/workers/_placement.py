@@ -19,10 +19,36 @@ from corral._errors import CorralError, InvalidSpec
 from corral._shared import collapse, reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
 from corral.workers._forkserver import ForkServer, ForkServerLauncher
-from corral.workers._launch import Command, Launcher, PythonModule
+from corral.workers._launch import Command, Launch, Launcher, PythonModule
+from corral.workers._process import Process
+from corral.workers._reaper import Reaper
 from corral.workers._remote import SSH
 
 logger = logging.getLogger("corral.pool")
+
+
+@attrs.define(eq=False)
+class PoolLauncher:
+    """What a pool adds to every launch, whatever the placement: each process is listed
+    with the pool's reaper as it is spawned, and ``codec=`` (if given) is the only codec
+    the parent accepts (``"json"``: a worker cannot make the parent unpickle)."""
+
+    inner: Launcher
+    reaper: Reaper
+    codec: str | None = None
+
+    def launch(self, worker_id: str) -> Launch:
+        launch = self.inner.launch(worker_id)
+        return launch if self.codec is None else attrs.evolve(launch, codecs=(self.codec,))
+
+    async def spawn(self, worker_id: str, launch: Launch) -> Process:
+        spawn = getattr(self.inner, "spawn", None)  # e.g. the fork server's
+        if spawn is not None:
+            proc: Process = await spawn(worker_id, launch)
+        else:
+            proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
+        self.reaper.add(proc.pid)  # each worker leads its own process group
+        return proc
 
 
 @attrs.define(eq=False)

@@ -107,6 +107,7 @@ class Pool:
         hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
         start_method: str = "spawn",
         pipeline: int = 1,
+        codec: str | None = None,
         worker_factory: WorkerFactory = process_worker,
     ) -> None:
         launcher = _launcher(handlers, env, cwd)
@@ -170,6 +171,11 @@ class Pool:
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
         """Run a picklable callable in a worker (Python runtime only); return its result."""
+        if self.options.codec == "json":
+            raise TypeError(
+                f"pool {self.name!r} speaks JSON (codec='json'): run_sync would send a pickled "
+                "function; call a handler by name with pool.call() instead"
+            )
         member = await self._acquire(None, None)
         return await self._call_on(member, "apply", fn, args, timeout)
 

@@ -19,11 +19,6 @@ import os
 import subprocess
 import sys
 
-import attrs
-
-from corral.workers._launch import Launch, Launcher
-from corral.workers._process import Process
-
 _SCRIPT = """\
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -88,23 +83,3 @@ class Reaper:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@attrs.define(eq=False)
-class ReapedLauncher:
-    """A launcher whose processes are listed with the reaper as they are spawned."""
-
-    inner: Launcher
-    reaper: Reaper
-
-    def launch(self, worker_id: str) -> Launch:
-        return self.inner.launch(worker_id)
-
-    async def spawn(self, worker_id: str, launch: Launch) -> Process:
-        spawn = getattr(self.inner, "spawn", None)  # e.g. the fork server's
-        if spawn is not None:
-            proc: Process = await spawn(worker_id, launch)
-        else:
-            proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
-        self.reaper.add(proc.pid)  # each worker leads its own process group
-        return proc

@@ -26,8 +26,8 @@ from corral.workers._checkout import Checkout
 from corral.workers._launch import Launcher
 from corral.workers._member import Member
 from corral.workers._options import PoolOptions, WorkerOptions
-from corral.workers._placement import Placements
-from corral.workers._reaper import ReapedLauncher, Reaper
+from corral.workers._placement import Placements, PoolLauncher
+from corral.workers._reaper import Reaper
 from corral.workers._recycling import recycle, recycle_due
 from corral.workers._seam import PoolWorker, StateCallback, WorkerFactory
 from corral.workers._sessions import SessionTable
@@ -120,7 +120,7 @@ class Slots:
                 f"{self.placements.retry_in():.1f} s"
             )
         worker_id = f"w{next(self._incarnations)}"
-        launcher = ReapedLauncher(placement.launcher, self.reaper)
+        launcher = PoolLauncher(placement.launcher, self.reaper, self.options.codec)
         worker = self.factory(launcher, self.worker_options, worker_id, self._on_state)
         member = Member(worker, placement, slot)
         self.members[worker_id] = member
