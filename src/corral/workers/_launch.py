@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -38,6 +38,10 @@ def _env(value: object) -> dict[str, str] | None:
     return dict(value)
 
 
+def _codecs(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Launch:
     """What to exec for one worker: argv, environment additions, cwd, codecs to prefer."""
@@ -61,7 +65,7 @@ class Command:
     argv: tuple[str, ...] = attrs.field(converter=_argv)
     env: dict[str, str] | None = attrs.field(default=None, kw_only=True, converter=_env)
     cwd: str | None = attrs.field(default=None, kw_only=True)
-    codecs: tuple[str, ...] = attrs.field(default=("json",), kw_only=True, converter=tuple)
+    codecs: tuple[str, ...] = attrs.field(default=("json",), kw_only=True, converter=_codecs)
 
     def launch(self, worker_id: str) -> Launch:
         return Launch(self.argv, self.env, self.cwd, self.codecs, {})
