@@ -50,12 +50,19 @@ def collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def reraise(exc: BaseException) -> NoReturn:
-    """Raise ``exc`` from inside an ``except`` block without keeping a reference cycle
-    (the frame would otherwise hold the exception, which holds the frame)."""
+    """Raise ``exc`` (one leaf of the group being handled) as if the group never was.
+
+    Raised inside ``except BaseExceptionGroup``, Python would set the leaf's
+    ``__context__`` to its own group, and every traceback would print the error twice
+    ("During handling of the above exception, another exception occurred"). So the
+    leaf's own context is put back as it propagates: one error, one traceback, its
+    ``__cause__`` untouched. ``del`` keeps no frame -> exception -> frame cycle."""
+    context = exc.__context__
     try:
         raise exc
     finally:
-        del exc
+        exc.__context__ = context
+        del exc, context
 
 
 # -- transition tables -------------------------------------------------------------
