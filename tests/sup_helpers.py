@@ -53,7 +53,8 @@ class Kids:
     starts: collections.Counter[Hashable] = attrs.Factory(collections.Counter)
     #: id -> how many of its next starts fail before started() (a big number: always)
     fail_init: dict[Hashable, int] = attrs.Factory(dict)
-    #: ids that ignore stop_requested (they run on until cancelled)
+    #: ids that read stop_requested (so they get the grace) but ignore it: they run on
+    #: until their grace is over and they are cancelled
     deaf: set[Hashable] = attrs.Factory(set)
     _triggers: dict[Hashable, _Trigger] = attrs.Factory(dict)
 
@@ -83,6 +84,8 @@ class Kids:
             async with trio.open_nursery() as nursery:
                 if id not in self.deaf:
                     nursery.start_soon(self._listen, ctx, trigger)
+                else:
+                    assert not ctx.stop_requested.is_set()  # asks to be told, then ignores it
                 await trigger.event.wait()
                 nursery.cancel_scope.cancel()
         finally:

@@ -27,7 +27,8 @@ class Timeline:
     def spec(
         self, id: Hashable, *, mode: str, linger: float = 0.0, cleanup: float = 0.0, **kwargs: object
     ) -> corral.ChildSpec:
-        """mode: "deaf" ignores stop_requested; "polite" returns ``linger`` s after it.
+        """mode: "deaf" asks to be told of a stop (reads stop_requested) but ignores it;
+        "polite" returns ``linger`` s after it; "plain" never looks at it.
 
         Once cancelled, a child spends ``cleanup`` s in shielded cleanup code.
         """
@@ -42,6 +43,8 @@ class Timeline:
                     await trio.sleep(linger)
                     self.add("returned", id)
                     return
+                if mode == "deaf":
+                    assert not ctx.stop_requested.is_set()  # asks for a grace, then ignores it
                 await trio.sleep_forever()
             except trio.Cancelled:
                 self.add("cancelled", id)
@@ -88,7 +91,7 @@ async def test_brutal_kill_cancels_at_once(autojump_clock: trio.testing.MockCloc
             await sup.terminate_child("deaf")
             assert trio.current_time() == 0.0
     assert tl.entries == [("cancelled", "deaf", 0.0)]
-    assert trio.current_time() == 5.0  # b ignored its stop request: default grace
+    assert trio.current_time() == 0.0  # b never asked to be told of a stop: cancelled at once
     assert stop_seen == [True]
 
 

@@ -17,18 +17,32 @@ class Shutdown(Exception):
     """
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class ChildContext:
     """The running child's view of itself.
 
-    ``stop_requested`` is set when its supervisor asks it to stop: a child that
-    wants to finish cleanly waits on it, and is cancelled once its ``shutdown``
-    grace runs out.
+    ``stop_requested`` is set when its supervisor asks it to stop. Reading it is the
+    child's declaration that it wants to be told (OTP's ``process_flag(trap_exit,
+    true)``): such a child gets its ``shutdown`` grace to finish cleanly, and is
+    cancelled (with a WARNING) if it overstays. A child that never read it is
+    cancelled at once, as OTP kills a process that does not trap exits; its
+    ``finally`` blocks still run.
     """
 
     id: Hashable
     supervisor: str
-    stop_requested: trio.Event
+    _stop_requested: trio.Event = attrs.field(alias="stop_requested")
+    #: It read ``stop_requested``: it gets the grace of a two-phase stop.
+    asked: bool = False
+
+    @property
+    def stop_requested(self) -> trio.Event:
+        """Set when the supervisor asks this child to stop (reading it asks for a grace)."""
+        self.asked = True
+        return self._stop_requested
+
+    def _request_stop(self) -> None:
+        self._stop_requested.set()
 
 
 _current: contextvars.ContextVar[ChildContext] = contextvars.ContextVar("corral_child")

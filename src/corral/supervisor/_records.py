@@ -69,6 +69,7 @@ class Run:
     stopping: bool = False  # the supervisor asked it to stop: its exit is no crash
     started_at: float = 0.0
     injected: BaseException | None = None  # corral.testing.crash_child: the exit to report
+    restart: bool = False  # an automatic restart: counted the moment the child is up
 
 
 @attrs.define(eq=False)

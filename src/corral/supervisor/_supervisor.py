@@ -13,6 +13,7 @@ order; read-only calls (``which_children``) never wait.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 from collections import deque
@@ -52,6 +53,7 @@ from corral.supervisor._records import Child, ChildCounts, ChildInfo, ChildState
 from corral.supervisor._spec import AutoShutdown, Backoff, ChildSpec, Restart, Strategy
 
 _names = itertools.count(1)
+logger = logging.getLogger("corral.supervisor")
 
 
 # -- messages to the manager loop -------------------------------------------------
@@ -64,8 +66,13 @@ class _Exited:
 
 @attrs.frozen(eq=False)
 class _Retry:
+    """Start ``child``'s group again: after its backoff (``counted``: the attempt was
+    counted when scheduled), or at once after a failed attempt (OTP's
+    ``try_again_restart``: counted when handled, like any restart)."""
+
     child: Child
     token: object
+    counted: bool = True
 
 
 @attrs.frozen(eq=False)
@@ -100,6 +107,8 @@ class _Status:
             raise RuntimeError("task_status.started() called twice")
         self.called = True
         self._run.value = value
+        if self._run.restart:  # counted before anyone can use what the child offers
+            self._run.child.restarts += 1
         self._real.started(value)
         if self._task.parent_nursery is self._nursery:
             # From now on only the supervisor cancels this child, in its own order.
@@ -250,6 +259,7 @@ class Supervisor:
         self._failure: BaseException | None = None
         self._intensity = _Intensity(max_restarts, self.max_seconds)
         self._abandoned: set[Run] = set()  # stops whose caller gave up before the child exited
+        self._ending = False  # it is stopping itself: calls get SupervisorNotRunning
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.name!r} {self.strategy.value} children={len(self._children)}>"
@@ -338,9 +348,14 @@ class Supervisor:
         # The start itself runs outside the lock: a slow child delays only its caller,
         # and several start_child calls proceed concurrently.
         try:
-            if self._nursery is None:
+            if self._nursery is None or self._ending:
                 raise SupervisorNotRunning(f"{self.name!r} stopped while the child was starting")
-            return await self._start(child, restart=False)
+            try:
+                return await self._start(child, restart=False)
+            except RuntimeError as exc:  # its nursery closed meanwhile
+                if self._ending or self._nursery is None:
+                    raise SupervisorNotRunning(f"{self.name!r} stopped while the child was starting") from exc
+                raise
         except BaseException:
             if child in self._children:
                 self._children.remove(child)
@@ -400,13 +415,13 @@ class Supervisor:
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:
-        if not self._running:
+        if not self._running or self._ending:
             raise SupervisorNotRunning(
                 f"{self.name!r} is not running; start it with nursery.start(sup.run) "
                 "or corral.open_supervisor()"
             )
         async with self._lock:
-            if not self._running or self._nursery is None:
+            if not self._running or self._nursery is None or self._ending:
                 raise SupervisorNotRunning(f"{self.name!r} stopped while the call waited")
             yield
 
@@ -429,6 +444,7 @@ class Supervisor:
         self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
         self._finished = trio.Event()
         self._failure = None
+        self._ending = False
         self._intensity = _Intensity(self.max_restarts, self.max_seconds)
         self._abandoned = set()
 
@@ -442,6 +458,7 @@ class Supervisor:
                 try:
                     done = await self._handle(message)
                 except _Escalate:
+                    self._ending = True  # before the lock is released: late calls fail
                     self._emit(IntensityExceeded(self.name, self.max_restarts, self.max_seconds))
                     await self._stop_all()
                     self._failure = RestartIntensityExceeded(self.name, self.max_restarts, self.max_seconds)
@@ -453,6 +470,7 @@ class Supervisor:
     async def _handle(self, message: _Message) -> bool:
         """React to one message; True when the supervisor is finished."""
         if isinstance(message, _Stop):
+            self._ending = True
             await self._stop_all()
             self._emit(SupervisorStopped(self.name, message.reason))
             return True
@@ -460,9 +478,10 @@ class Supervisor:
             child = message.child
             if child.retry_token is message.token and child.state is ChildState.RESTARTING:
                 child.retry_token = None
-                failed = await self._start_group(child)
-                if failed is not None:
-                    await self._restart(failed)
+                if message.counted:
+                    await self._attempt(child)
+                else:
+                    await self._restart(child)
             return False
         return await self._on_exit(message.run)
 
@@ -482,6 +501,7 @@ class Supervisor:
             if child.spec.restart is Restart.TEMPORARY or self._dynamic:
                 self._children.remove(child)
             if child.spec.significant and self._auto_shutdown_due():
+                self._ending = True
                 self._emit(AutoShutdownTriggered(self.name, child.id))
                 await self._stop_all()
                 self._emit(SupervisorStopped(self.name, "auto_shutdown"))
@@ -526,41 +546,45 @@ class Supervisor:
     async def _restart(self, child: Child) -> None:
         """One automatic restart attempt of ``child`` (and its group), counted.
 
-        Loops while attempts fail and the intensity allows; a backoff turns the next
-        attempt into a timer so the supervisor keeps serving meanwhile.
+        A backoff turns the attempt into a timer, so the supervisor keeps serving
+        meanwhile; a failed attempt is retried as a new message (``_attempt``).
         """
-        failed: Child | None = child
-        while failed is not None:
-            child = failed
-            if not self._intensity.add(trio.current_time()):
-                raise _Escalate
-            group = self._group(child)
-            for other in reversed(group):
-                if other is not child and other.run is not None:
-                    await self._stop_child(other)
-                    if other.spec.restart is Restart.TEMPORARY:
-                        other.to(ChildState.STOPPED)
-                        self._children.remove(other)
-                        continue
-                other.to(ChildState.RESTARTING)
-            delay = self.backoff.delay(child.failures, self._rng) if self.backoff else 0.0
-            self._emit(ChildRestarting(self.name, child.id, delay, child.failures))
-            if delay > 0:
-                self._schedule_retry(child, delay)
-                return
-            failed = await self._start_group(child)
+        if not self._intensity.add(trio.current_time()):
+            raise _Escalate
+        group = self._group(child)
+        for other in reversed(group):
+            if other is not child and other.run is not None:
+                await self._stop_child(other)
+                if other.spec.restart is Restart.TEMPORARY:
+                    other.to(ChildState.STOPPED)
+                    self._children.remove(other)
+                    continue
+            other.to(ChildState.RESTARTING)
+        delay = self.backoff.delay(child.failures, self._rng) if self.backoff else 0.0
+        self._emit(ChildRestarting(self.name, child.id, delay, child.failures))
+        if delay > 0:
+            self._schedule_retry(child, delay)
+            return
+        await self._attempt(child)
+
+    async def _attempt(self, child: Child) -> None:
+        """Start the group; if a start fails, try again as a message to ourselves
+        (OTP's ``try_again_restart``): calls and stops that already wait run first."""
+        failed = await self._start_group(child)
+        if failed is not None:
+            failed.retry_token = token = object()
+            self._inbox_send.send_nowait(_Retry(failed, token, counted=False))
 
     async def _start_group(self, child: Child) -> Child | None:
         """Start every RESTARTING child of the group; the one that failed, if any."""
         for member in [c for c in self._group(child) if c.state is ChildState.RESTARTING]:
             try:
-                await self._start(member, restart=True)
+                await self._start(member, restart=True)  # counts the restart once it is up
             except ChildStartError as exc:
                 assert exc.__cause__ is not None
                 self._emit(RestartFailed(self.name, member.id, exc.__cause__))
                 member.failures += 1
                 return member
-            member.restarts += 1
         return None
 
     def _schedule_retry(self, child: Child, delay: float) -> None:
@@ -600,14 +624,14 @@ class Supervisor:
         for other in self._group(child):
             if other is not child and other.state is ChildState.RESTARTING:
                 other.retry_token = token = object()
-                self._inbox_send.send_nowait(_Retry(other, token))
+                self._inbox_send.send_nowait(_Retry(other, token, counted=False))
                 return
 
     # -- starting and stopping children ----------------------------------------
 
     async def _start(self, child: Child, *, restart: bool) -> object:
         assert self._nursery is not None
-        run = Run(child, ChildContext(child.id, self.name, trio.Event()))
+        run = Run(child, ChildContext(child.id, self.name, trio.Event()), restart=restart)
         child.run = run
         result = await self._nursery.start(self._child_main, run)
         if isinstance(result, _StartFailed):
@@ -665,14 +689,21 @@ class Supervisor:
         if run is None:
             return
         run.stopping = True
-        run.ctx.stop_requested.set()
+        run.ctx._request_stop()
         grace = child.spec.shutdown
         try:
-            if grace <= 0:
+            if grace <= 0 or not run.ctx.asked:  # OTP: a process not trapping exits dies at once
                 run.scope.cancel()
             elif grace != math.inf:
                 with trio.move_on_after(grace):
                     await run.done.wait()
+                if not run.done.is_set():
+                    logger.warning(
+                        "[%s] child %r did not stop within its shutdown grace of %s s; cancelled",
+                        self.name,
+                        child.id,
+                        grace,
+                    )
                 run.scope.cancel()
             await run.done.wait()
         except BaseException:
@@ -716,7 +747,7 @@ class Supervisor:
             run = child.run
             if run is not None:
                 run.stopping = True
-                run.ctx.stop_requested.set()
+                run.ctx._request_stop()
                 run.scope.cancel()
                 await run.done.wait()
                 child.run = None
