@@ -61,9 +61,8 @@ def write_frame(fd: int, payload: bytes, max_frame: int = _frames.MAX_FRAME_LIMI
     ``os.writev`` so the payload is never copied.
     """
     n = len(payload)
-    header = _frames.pack_header(n, max_frame)
-    if n < _SMALL_FRAME:
-        data = header + payload
+    if n < _SMALL_FRAME and n <= max_frame:  # the hot path: `pack_header` inlined
+        data = n.to_bytes(4, "big") + payload
         done = os.write(fd, data)
         if done == n + 4:
             return
@@ -71,6 +70,7 @@ def write_frame(fd: int, payload: bytes, max_frame: int = _frames.MAX_FRAME_LIMI
         while done < n + 4:
             done += os.write(fd, view[done:])
         return
+    header = _frames.pack_header(n, max_frame)  # raises FrameTooLarge if n > max_frame
     done = os.writev(fd, [header, payload])
     while done < 4:
         done += os.writev(fd, [header[done:], payload])
@@ -352,10 +352,12 @@ class _Server:
                 except Exception as exc:
                     self._undecodable(msg, exc)
                     continue
-            kind: Any = msg[0] if type(msg) in (list, tuple) and msg else None
+                if type(msg) not in (list, tuple):
+                    self._bad_request(msg)
+                    continue
             try:
-                handler = handlers[kind]
-            except (KeyError, TypeError):  # unknown, or not even hashable
+                handler = handlers[msg[0]]
+            except (IndexError, KeyError, TypeError):  # no kind, an unknown one, or not even hashable
                 self._bad_request(msg)
                 continue
             handler(msg)
@@ -372,7 +374,7 @@ class _Server:
                     pass  # reported when its turn comes
             if type(msg) not in (list, tuple):
                 queue.append(frame)  # large, or not a request: decoded (again) in its turn
-            elif not self._note_cancel(msg):
+            elif not (msg and msg[0] == "cancel" and self._note_cancel(msg)):
                 queue.append(msg)
 
     # -- cancellation (docs/protocol.md §6)
