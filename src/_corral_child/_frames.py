@@ -1,7 +1,10 @@
-"""Framing and payload codecs of the corral worker protocol (docs/protocol.md).
+"""The corral worker protocol's framing, payload codecs and handshake frames
+(docs/protocol.md), in that order.
 
 Pure functions and small classes, standard library only, shared by the child runtime
-and the parent (``corral.workers._protocol`` re-exports this module).
+and the parent (``corral.workers._protocol`` re-exports its names).  One module rather
+than three: every worker imports it at start-up, and the parent ships the runtime's
+files by name (remote workers, bytecode precompilation).
 
 Start-up cost matters: this module imports nothing at import time.  The codecs use the
 C accelerator modules ``_json`` and ``_pickle`` directly (``import json`` pulls in

@@ -1,9 +1,15 @@
 """The Python worker runtime: handshake, then serve requests until EOF or shutdown.
 
-Normative behaviour is in docs/protocol.md.  Standard library only, and cheap to start:
-only modules the interpreter has already loaded (``os``, ``sys``, ``_signal``) plus the
-C codecs are imported before the worker is ready; ``traceback`` is imported on the
-first error.
+`main` sets the worker up (private protocol pipes, hello, signals, welcome, the handler
+module and its ``init()``); `_Server` then answers the requests, strictly in order: one
+handler per message kind, and one place (`_Server.send`) that retires a request id.
+Normative behaviour is in docs/protocol.md.
+
+Standard library only, and cheap to start: before the worker is ready it imports only
+``os``, ``sys`` and ``_signal`` (loaded by the interpreter already), the built-in
+``_collections``, ``_ctypes`` (Linux: the parent-death signal) and the C codecs
+``_json`` / ``_pickle``; ``traceback`` is imported on the first error, ``atexit`` on
+shutdown.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from _corral_child import _frames
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from types import ModuleType, TracebackType
     from typing import Any, NoReturn
 if TYPE_CHECKING:
@@ -54,9 +61,8 @@ def write_frame(fd: int, payload: bytes, max_frame: int = _frames.MAX_FRAME_LIMI
     ``os.writev`` so the payload is never copied.
     """
     n = len(payload)
-    header = _frames.pack_header(n, max_frame)
-    if n < _SMALL_FRAME:
-        data = header + payload
+    if n < _SMALL_FRAME and n <= max_frame:  # the hot path: `pack_header` inlined
+        data = n.to_bytes(4, "big") + payload
         done = os.write(fd, data)
         if done == n + 4:
             return
@@ -64,6 +70,7 @@ def write_frame(fd: int, payload: bytes, max_frame: int = _frames.MAX_FRAME_LIMI
         while done < n + 4:
             done += os.write(fd, view[done:])
         return
+    header = _frames.pack_header(n, max_frame)  # raises FrameTooLarge if n > max_frame
     done = os.writev(fd, [header, payload])
     while done < 4:
         done += os.writev(fd, [header[done:], payload])
@@ -203,29 +210,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     # -- 3. signals, parent death, environment.
     _signal: Any = __import__("_signal")  # `import signal` pulls in enum: slow
-
-    state = _State()
-
-    def on_sigint(signum: int, frame: object) -> None:
-        mid = state.current
-        if mid is None:
-            # Between two requests: note a cancel already written, so that the cancelled
-            # request queued next is skipped. Not while blocked in read(): the read would
-            # resume and wait for more input with requests sitting in the queue.
-            if state.pipeline and not state.reading:
-                _drain(state)
-            return
-        if state.pipeline:
-            # Several requests may be queued: interrupt only the one the parent named
-            # in a "cancel" frame, which it wrote before signalling.
-            _drain(state)
-            if mid not in state.cancelled:
-                return
-            state.cancelled.discard(mid)
-        state.current = None  # one interrupt per call
-        raise KeyboardInterrupt
-
-    _signal.signal(_signal.SIGINT, on_sigint)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # no request runs before the welcome
     environ = os.environ
     if sys.platform == "linux" and environ.get("CORRAL_PDEATHSIG", "1") != "0":
         _set_pdeathsig()
@@ -256,21 +241,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     for f in frames:
         if len(f) > max_frame:
             _fatal(_frames.EXIT_PROTOCOL_ERROR, f"frame of {len(f)} bytes exceeds max_frame")
-    is_pickle = codec.name == "pickle"
-    dumps = codec.raw_dumps
-    loads = codec.raw_loads
-    state.pipeline = welcome.get("pipeline") is True
-    state.decoder = decoder
-    state.req_fd = req_fd
-    state.loads = loads
+    server = _Server(req_fd, reply_fd, decoder, codec, max_frame, welcome.get("pipeline") is True)
+    _signal.signal(_signal.SIGINT, server.on_sigint)
     if welcome.get("worker_id"):
         environ["CORRAL_WORKER_ID"] = welcome["worker_id"]
-
-    def send(data: bytes) -> None:
-        try:
-            write_frame(reply_fd, data, max_frame)
-        except OSError:
-            _exit(_frames.EXIT_OK)  # the parent closed the reply pipe: it is gone
 
     # -- 5. import the handler module and run its init().
     module_name = welcome.get("module", fallback_module)
@@ -289,229 +263,302 @@ def main(argv: list[str] | None = None) -> NoReturn:
             raise TypeError(f"init_args given but module {module_name!r} has no init()")
     except BaseException as exc:
         tb = exc.__traceback__
-        send(_encode_error(dumps, 0, _error_info(exc, tb, is_pickle), max_frame))
+        server.send(_encode_error(codec.raw_dumps, 0, _error_info(exc, tb, server.is_pickle), max_frame))
         _fatal(_frames.EXIT_INIT_FAILED, f"init failed: {type(exc).__name__}: {exc}")
-    send(dumps(("ready", 0, {"pid": os.getpid()})))
+    server.send(codec.raw_dumps(("ready", 0, {"pid": os.getpid()})))
 
     # -- 6. serve.
-    state.queue.extend(frames)
-    _serve(state, send, dumps, module, is_pickle, max_frame)
+    server.queue.extend(frames)
+    server.serve(module)
 
 
-class _State:
-    """What the serve loop and the SIGINT handler share."""
+class _Server:
+    """One worker serving requests, and what its SIGINT handler shares with it.
 
-    def __init__(self) -> None:
+    Requests are answered strictly in the order received, one at a time.  Frames are
+    read ahead into ``queue``; small ones are decoded at once, so that a "cancel"
+    arriving behind the request it names is noted before that request's turn.  Each
+    message kind has one handler (``handlers``); `send` retires the request each
+    answer is for: a "cancel" naming it after that is stale.
+    """
+
+    def __init__(
+        self,
+        req_fd: int,
+        reply_fd: int,
+        decoder: _frames.FrameDecoder,
+        codec: _frames.Codec,
+        max_frame: int,
+        pipeline: bool,
+    ) -> None:
+        self.req_fd = req_fd
+        self.reply_fd = reply_fd
+        self.decoder = decoder
+        self.loads = codec.raw_loads
+        self.dumps = codec.raw_dumps
+        self.is_pickle = codec.name == "pickle"
+        self.max_frame = max_frame
+        self.pipeline = pipeline  # the parent names what it cancels ("cancel" frames)
+        self.module: ModuleType | None = None  # the handler module, once imported
+        self.queue: deque[Any] = deque()  # frames (bytes) or decoded messages (tuple/list)
         self.current: int | None = None  # the id of the request running now
-        self.pipeline = False  # the parent names what it cancels ("cancel" frames)
         self.cancelled: set[int] = set()  # ids cancelled before their reply was sent
         self.last_done = 0  # highest id answered: later cancels of it are stale
-        self.queue: deque[Any] = deque()  # frames (bytes) or decoded messages (tuple/list)
-        self.decoder: _frames.FrameDecoder | None = None
-        self.req_fd = 0
-        self.loads: Any = None
         self.reading = False  # the serve loop is (about to be) blocked reading requests
+        self.handlers: dict[str, Callable[[Any], None]] = {
+            "call": self._on_call,
+            "apply": self._on_apply,
+            "ping": self._on_ping,
+            "cancel": self._on_cancel,
+            "shutdown": self._on_shutdown,
+        }
 
+    # -- the loop
 
-def _note_cancel(state: _State, msg: Any) -> bool:
-    """True when ``msg`` is a well-formed "cancel" request (now recorded)."""
-    if type(msg) not in (list, tuple) or len(msg) != 2 or msg[0] != "cancel" or type(msg[1]) is not int:
-        return False
-    if msg[1] > state.last_done:
-        state.cancelled.add(msg[1])
-    return True
-
-
-def _drain(state: _State) -> None:
-    """From the SIGINT handler: pull in the requests already written, so that a "cancel"
-    frame sent just before the signal is seen. The others are queued, decoded."""
-    fd = state.req_fd
-    assert state.decoder is not None
-    try:
-        os.set_blocking(fd, False)
+    def serve(self, module: ModuleType | None) -> NoReturn:
+        """Answer requests until EOF or "shutdown" (both end the process)."""
+        self.module = module
+        queue = self.queue
+        handlers = self.handlers
+        loads = self.loads
+        decoder = self.decoder
+        req_fd = self.req_fd
+        read = os.read
         while True:
-            try:
-                chunk = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break  # EOF: the serve loop will see it again
-            for frame in state.decoder.feed(chunk):
+            while not queue:
                 try:
-                    msg = state.loads(frame) if len(frame) < 128 else frame
-                except Exception:
-                    msg = frame
-                if not _note_cancel(state, msg):
-                    state.queue.append(msg)
-    except (OSError, _frames.ProtocolError):
-        pass  # the serve loop will meet the same problem and report it
-    finally:
-        try:
-            os.set_blocking(fd, True)
-        except OSError:
-            pass
-
-
-def _serve(
-    state: _State,
-    send: Any,
-    dumps: Any,
-    module: ModuleType | None,
-    is_pickle: bool,
-    max_frame: int,
-) -> NoReturn:
-    read = os.read
-    decoder = state.decoder
-    assert decoder is not None
-    feed = decoder.feed
-    loads = state.loads
-    req_fd = state.req_fd
-    queue = state.queue
-    cancelled = state.cancelled
-    getattr_ = getattr
-    while True:
-        if not queue:
-            try:
-                state.reading = True
-                chunk = read(req_fd, _READ_SIZE)
-                state.reading = False
-            except OSError as exc:
-                _fatal(_frames.EXIT_PROTOCOL_ERROR, f"cannot read requests: {exc}")
-            if not chunk:
-                _exit(_frames.EXIT_OK)
-            try:
-                new = feed(chunk)
-            except _frames.ProtocolError as exc:
-                _fatal(_frames.EXIT_PROTOCOL_ERROR, str(exc))
-            for frame in new:
-                if len(frame) < 128:  # small: decode now, so a "cancel" behind its request counts
-                    try:
-                        msg = loads(frame)
-                    except Exception:
-                        queue.append(frame)  # reported when its turn comes
-                        continue
-                    if _note_cancel(state, msg):
-                        continue
-                    queue.append(msg if type(msg) in (list, tuple) else frame)
-                else:
-                    queue.append(frame)
-            if not queue:
-                big = decoder.take_big()
-                if big is None:
-                    continue
-                state.reading = True  # the rest of the frame belongs to _read_rest alone
-                queue.append(_read_rest(req_fd, *big))
-                state.reading = False
-        while queue:
-            frame = queue.popleft()
-            if type(frame) in (list, tuple):
-                msg = frame  # decoded already, by _drain
-            else:
-                try:
-                    msg = loads(frame)
-                except Exception as exc:
-                    salvaged = _frames.salvage_request_id(frame) if is_pickle else None
-                    if salvaged is None:
-                        _fatal(_frames.EXIT_PROTOCOL_ERROR, f"undecodable frame: {exc!r}")
-                    info = _error_info(exc, None, is_pickle, type_name="DecodeError")
-                    info["message"] = f"cannot decode {salvaged[0]!r} request: {type(exc).__name__}: {exc}"
-                    send(_encode_error(dumps, salvaged[1], info, max_frame))
-                    continue
-            kind = msg[0] if type(msg) in (list, tuple) and msg else None
-            if kind == "cancel":
-                if not _note_cancel(state, msg):
-                    _bad_request(msg, send, dumps, is_pickle, max_frame)
-                continue
-            if kind == "call" or kind == "apply":
-                if len(msg) != 4 or type(msg[1]) is not int or type(msg[3]) not in (list, tuple):
-                    _bad_request(msg, send, dumps, is_pickle, max_frame)
-                    continue
-                mid = msg[1]
-                if mid in cancelled:  # cancelled while it waited in the queue
-                    cancelled.discard(mid)
-                    state.last_done = mid
-                    send(dumps(("cancelled", mid)))
-                    continue
-                if kind == "call":
-                    name = msg[2]
-                    fn = getattr_(module, name, None) if module is not None and type(name) is str else None
-                    if not callable(fn):
-                        info = _simple_error(
-                            "UnknownHandler",
-                            f"no handler named {name!r} in module "
-                            f"{module.__name__ if module is not None else None!r}",
-                            is_pickle,
-                        )
-                        state.last_done = mid
-                        cancelled.discard(mid)
-                        send(dumps(("error", mid, info)))
-                        continue
-                else:
-                    fn = msg[2]
-                    if not is_pickle or not callable(fn):
-                        info = _simple_error(
-                            "ProtocolError",
-                            "'apply' needs the pickle codec and a callable",
-                            is_pickle,
-                        )
-                        state.last_done = mid
-                        cancelled.discard(mid)
-                        send(dumps(("error", mid, info)))
-                        continue
-                state.current = mid
-                try:
-                    result = fn(*msg[3])
-                    state.current = None
-                except KeyboardInterrupt:
-                    state.current = None
-                    state.last_done = mid
-                    cancelled.discard(mid)
-                    send(dumps(("cancelled", mid)))
-                    continue
-                except BaseException as exc:
-                    state.current = None
-                    state.last_done = mid
-                    cancelled.discard(mid)
-                    tb = exc.__traceback__
-                    send(_encode_error(dumps, mid, _error_info(exc, tb and tb.tb_next, is_pickle), max_frame))
-                    continue
-                try:
-                    data = dumps(("ok", mid, result))
-                except Exception as exc:
-                    info = _simple_error(
-                        "EncodeError",
-                        f"cannot encode a result of type {type(result).__qualname__!r}: "
-                        f"{type(exc).__name__}: {exc}",
-                        is_pickle,
-                    )
-                    data = _encode_error(dumps, mid, info, max_frame)
-                if len(data) > max_frame:
-                    info = _simple_error(
-                        "EncodeError",
-                        f"the encoded result ({type(result).__qualname__}, {len(data)} bytes) "
-                        f"exceeds max_frame ({max_frame} bytes)",
-                        is_pickle,
-                    )
-                    data = _encode_error(dumps, mid, info, max_frame)
-                state.last_done = mid
-                cancelled.discard(mid)
-                send(data)
-            elif kind == "ping":
-                if len(msg) != 2 or type(msg[1]) is not int:
-                    _bad_request(msg, send, dumps, is_pickle, max_frame)
-                    continue
-                state.last_done = msg[1]
-                cancelled.discard(msg[1])
-                send(dumps(("pong", msg[1])))
-            elif kind == "shutdown":
-                try:
-                    import atexit
-
-                    atexit._run_exitfuncs()
-                finally:
+                    self.reading = True
+                    chunk = read(req_fd, _READ_SIZE)
+                    self.reading = False
+                except OSError as exc:
+                    _fatal(_frames.EXIT_PROTOCOL_ERROR, f"cannot read requests: {exc}")
+                if not chunk:
                     _exit(_frames.EXIT_OK)
-            else:
-                _bad_request(msg, send, dumps, is_pickle, max_frame)
+                try:
+                    frames = decoder.feed(chunk)
+                except _frames.ProtocolError as exc:
+                    _fatal(_frames.EXIT_PROTOCOL_ERROR, str(exc))
+                self._enqueue(frames)
+                if not queue:
+                    big = decoder.take_big()
+                    if big is not None:
+                        self.reading = True  # the rest of the frame belongs to _read_rest alone
+                        queue.append(_read_rest(req_fd, *big))
+                        self.reading = False
+            msg = queue.popleft()
+            if type(msg) not in (list, tuple):  # a frame not decoded when it was read
+                try:
+                    msg = loads(msg)
+                except Exception as exc:
+                    self._undecodable(msg, exc)
+                    continue
+                if type(msg) not in (list, tuple):
+                    self._bad_request(msg)
+                    continue
+            try:
+                handler = handlers[msg[0]]
+            except (IndexError, KeyError, TypeError):  # no kind, an unknown one, or not even hashable
+                self._bad_request(msg)
+                continue
+            handler(msg)
+
+    def _enqueue(self, frames: list[bytes]) -> None:
+        """Queue frames just read; note the cancels among them at once."""
+        queue = self.queue
+        for frame in frames:
+            msg: Any = frame
+            if len(frame) < 128:  # small: decode now, so that a "cancel" behind its request counts
+                try:
+                    msg = self.loads(frame)
+                except Exception:
+                    pass  # reported when its turn comes
+            if type(msg) not in (list, tuple):
+                queue.append(frame)  # large, or not a request: decoded (again) in its turn
+            elif not (msg and msg[0] == "cancel" and self._note_cancel(msg)):
+                queue.append(msg)
+
+    # -- cancellation (docs/protocol.md §6)
+
+    def on_sigint(self, signum: int, frame: object) -> None:
+        """Interrupt the running request, if it is one the parent wants stopped."""
+        mid = self.current
+        if mid is None:
+            # Between two requests: note a cancel already written, so that the cancelled
+            # request queued next is skipped. Not while blocked in read(): the read would
+            # resume and wait for more input with requests sitting in the queue.
+            if self.pipeline and not self.reading:
+                self._drain()
+            return
+        if self.pipeline:
+            # Several requests may be queued: interrupt only the one the parent named
+            # in a "cancel" frame, which it wrote before signalling.
+            self._drain()
+            if mid not in self.cancelled:
+                return
+            self.cancelled.discard(mid)
+        self.current = None  # one interrupt per call
+        raise KeyboardInterrupt
+
+    def _drain(self) -> None:
+        """From the SIGINT handler: pull in the requests already written, so that a "cancel"
+        frame sent just before the signal is seen."""
+        fd = self.req_fd
+        try:
+            os.set_blocking(fd, False)
+            while True:
+                try:
+                    chunk = os.read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break  # EOF: the serve loop will see it again
+                self._enqueue(self.decoder.feed(chunk))
+        except (OSError, _frames.ProtocolError):
+            pass  # the serve loop will meet the same problem and report it
+        finally:
+            try:
+                os.set_blocking(fd, True)
+            except OSError:
+                pass
+
+    def _note_cancel(self, msg: Any) -> bool:
+        """True when ``msg`` is a well-formed "cancel" request (now recorded)."""
+        if type(msg) not in (list, tuple) or len(msg) != 2 or msg[0] != "cancel" or type(msg[1]) is not int:
+            return False
+        if msg[1] > self.last_done:
+            self.cancelled.add(msg[1])
+        return True
+
+    # -- one handler per message kind
+
+    def _on_call(self, msg: Any) -> None:
+        mid = self._runnable(msg)
+        if mid is None:
+            return
+        name = msg[2]
+        module = self.module
+        fn = getattr(module, name, None) if module is not None and type(name) is str else None
+        if not callable(fn):
+            where = module.__name__ if module is not None else None
+            self._refuse(mid, "UnknownHandler", f"no handler named {name!r} in module {where!r}")
+            return
+        self._run(mid, fn, msg[3])
+
+    def _on_apply(self, msg: Any) -> None:
+        mid = self._runnable(msg)
+        if mid is None:
+            return
+        fn = msg[2]
+        if not self.is_pickle or not callable(fn):
+            self._refuse(mid, "ProtocolError", "'apply' needs the pickle codec and a callable")
+            return
+        self._run(mid, fn, msg[3])
+
+    def _on_ping(self, msg: Any) -> None:
+        if len(msg) != 2 or type(msg[1]) is not int:
+            self._bad_request(msg)
+            return
+        self.send(self.dumps(("pong", msg[1])), msg[1])
+
+    def _on_cancel(self, msg: Any) -> None:
+        if not self._note_cancel(msg):
+            self._bad_request(msg)
+
+    def _on_shutdown(self, msg: Any) -> NoReturn:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+        finally:
+            _exit(_frames.EXIT_OK)
+
+    # -- running a request and answering it
+
+    def _runnable(self, msg: Any) -> int | None:
+        """The id of a "call"/"apply" request to run now; None when it has been answered
+        here instead (malformed, or cancelled while it waited in the queue)."""
+        if len(msg) != 4 or type(msg[1]) is not int or type(msg[3]) not in (list, tuple):
+            self._bad_request(msg)
+            return None
+        mid: int = msg[1]
+        if mid in self.cancelled:
+            self.send(self.dumps(("cancelled", mid)), mid)
+            return None
+        return mid
+
+    def _run(self, mid: int, fn: Callable[..., Any], args: Sequence[Any]) -> None:
+        """Run a handler and answer with its result, its error, or "cancelled" (SIGINT)."""
+        dumps = self.dumps
+        self.current = mid
+        try:
+            result = fn(*args)
+            self.current = None
+        except KeyboardInterrupt:
+            self.current = None
+            self.send(dumps(("cancelled", mid)), mid)
+            return
+        except BaseException as exc:
+            self.current = None
+            tb = exc.__traceback__
+            info = _error_info(exc, tb and tb.tb_next, self.is_pickle)
+            self.send(_encode_error(dumps, mid, info, self.max_frame), mid)
+            return
+        try:
+            data = dumps(("ok", mid, result))
+        except Exception as exc:
+            info = _simple_error(
+                "EncodeError",
+                f"cannot encode a result of type {type(result).__qualname__!r}: {type(exc).__name__}: {exc}",
+                self.is_pickle,
+            )
+            data = _encode_error(dumps, mid, info, self.max_frame)
+        if len(data) > self.max_frame:
+            info = _simple_error(
+                "EncodeError",
+                f"the encoded result ({type(result).__qualname__}, {len(data)} bytes) "
+                f"exceeds max_frame ({self.max_frame} bytes)",
+                self.is_pickle,
+            )
+            data = _encode_error(dumps, mid, info, self.max_frame)
+        self.send(data, mid)
+
+    def _refuse(self, mid: int, type_name: str, message: str) -> None:
+        """Answer a request that cannot run with an error of ``type_name``."""
+        self.send(self.dumps(("error", mid, _simple_error(type_name, message, self.is_pickle))), mid)
+
+    def send(self, data: bytes, mid: int | None = None) -> None:
+        """Write one reply. ``mid`` is the request it answers, retired here first, in
+        one place for every kind of answer: from then on it is no longer cancelled and
+        a "cancel" naming it is stale.  Without ``mid`` nothing is retired (ready, init
+        error, errors for malformed or undecodable requests)."""
+        if mid is not None:
+            self.last_done = mid
+            self.cancelled.discard(mid)
+        try:
+            write_frame(self.reply_fd, data, self.max_frame)
+        except OSError:
+            _exit(_frames.EXIT_OK)  # the parent closed the reply pipe: it is gone
+
+    # -- requests that cannot be answered normally (they retire nothing)
+
+    def _undecodable(self, frame: bytes, exc: Exception) -> None:
+        """A frame that does not decode: answer it if its kind and id can be salvaged."""
+        salvaged = _frames.salvage_request_id(frame) if self.is_pickle else None
+        if salvaged is None:
+            _fatal(_frames.EXIT_PROTOCOL_ERROR, f"undecodable frame: {exc!r}")
+        info = _error_info(exc, None, self.is_pickle, type_name="DecodeError")
+        info["message"] = f"cannot decode {salvaged[0]!r} request: {type(exc).__name__}: {exc}"
+        self.send(_encode_error(self.dumps, salvaged[1], info, self.max_frame))
+
+    def _bad_request(self, msg: Any) -> None:
+        mid = msg[1] if type(msg) in (list, tuple) and len(msg) >= 2 else None
+        text = repr(msg)
+        if len(text) > 200:
+            text = text[:200] + "..."
+        if type(mid) is not int:
+            _fatal(_frames.EXIT_PROTOCOL_ERROR, f"malformed request without an id: {text}")
+        info = _simple_error("ProtocolError", f"malformed or unknown request: {text}", self.is_pickle)
+        self.send(_encode_error(self.dumps, mid, info, self.max_frame))
 
 
 def _read_rest(fd: int, frame: bytearray, have: int) -> bytearray:
@@ -526,14 +573,3 @@ def _read_rest(fd: int, frame: bytearray, have: int) -> bytearray:
         have += n
     view.release()
     return frame
-
-
-def _bad_request(msg: Any, send: Any, dumps: Any, is_pickle: bool, max_frame: int) -> None:
-    mid = msg[1] if type(msg) in (list, tuple) and len(msg) >= 2 else None
-    text = repr(msg)
-    if len(text) > 200:
-        text = text[:200] + "..."
-    if type(mid) is not int:
-        _fatal(_frames.EXIT_PROTOCOL_ERROR, f"malformed request without an id: {text}")
-    info = _simple_error("ProtocolError", f"malformed or unknown request: {text}", is_pickle)
-    send(_encode_error(dumps, mid, info, max_frame))

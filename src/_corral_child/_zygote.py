@@ -6,7 +6,9 @@ control socket on the fd named by ``CORRAL_ZYGOTE_FD``. Standard library only.
 Control messages (one JSON packet each):
 - parent -> zygote: ``{"op": "fork", "id": str, "env": {str: str}}`` carrying three
   file descriptors (the worker's stdin, stdout, stderr) as SCM_RIGHTS.
-- zygote -> parent: ``{"op": "forked", "id": str, "pid": int}`` or
+- zygote -> parent: first ``{"op": "ready", "pid": int}`` once the handler module is
+  imported (or ``{"op": "error", "id": "", "message": str}`` and exit code 3 if the
+  import failed); then, per fork, ``{"op": "forked", "id": str, "pid": int}`` or
   ``{"op": "error", "id": str, "message": str}``; and, whenever a worker exits,
   ``{"op": "exit", "pid": int, "status": int}`` (the raw wait status).
 
