@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -355,3 +356,26 @@ async def test_random_mixes_never_wedge_the_pool(plans: list[list[tuple[str, Any
                     nursery.start_soon(run_plan, pool, plan)
             assert [await pool.call("echo", i) for i in range(10)] == list(range(10))
             assert len(pool.workers()) <= 2
+
+
+async def test_a_segfault_explains_itself() -> None:
+    """faulthandler in the runtime: the crash report quotes the Python stack."""
+    with trio.fail_after(10):
+        async with open_pool(FAULTS, size=1, **FAST) as pool:
+            with pytest.raises(WorkerCrashed) as info:
+                await pool.call("segfault")
+    assert info.value.signal == "SIGSEGV"
+    assert "Fatal Python error: Segmentation fault" in info.value.stderr_tail
+    assert "in segfault" in info.value.stderr_tail  # the handler's own frame
+
+
+async def test_a_command_worker_behind_a_forking_wrapper_serves() -> None:
+    """`sh -c "python -m _corral_child mod; exit $?"`: the worker's direct parent is the
+    shell, not the pool; CORRAL_PARENT_PID names the pool, which is alive."""
+    wrapped = corral.Command(
+        ["sh", "-c", f"{sys.executable} -m _corral_child tests.handlers_basic; exit $?"],
+        codecs=("pickle", "json"),
+    )
+    with trio.fail_after(20):
+        async with open_pool(wrapped, size=1, **FAST) as pool:
+            assert await pool.call("echo", 42) == 42

@@ -175,6 +175,26 @@ def _set_pdeathsig() -> None:
             pass
 
 
+def parent_gone(expected: str | None) -> bool:
+    """Whether the parent named by ``CORRAL_PARENT_PID`` has died.
+
+    Not "is it our direct parent": a wrapper (``sh -c``, ``sudo``, ``uv run``) may
+    stand between the parent and us (docs/protocol.md §7), so the named process itself
+    is checked. A process we may not signal (another user's) is alive."""
+    if not expected or not expected.isdigit():
+        return False
+    pid = int(expected)
+    if os.getppid() == pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
     fallback_module = args[0] if args else None
@@ -192,6 +212,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         os.close(null)
     except OSError as exc:
         _fatal(_frames.EXIT_PROTOCOL_ERROR, f"cannot set up the protocol channel: {exc}")
+    # A crash in C (SIGSEGV, SIGABRT...) prints the Python stack of every thread to
+    # stderr, which crash reports quote (WorkerCrashed.stderr_tail). A builtin module.
+    faulthandler: Any = __import__("faulthandler")
+    faulthandler.enable()
     stdout = sys.stdout
     if stdout is not None:
         try:
@@ -214,8 +238,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     environ = os.environ
     if sys.platform == "linux" and environ.get("CORRAL_PDEATHSIG", "1") != "0":
         _set_pdeathsig()
-    expected_ppid = environ.get("CORRAL_PARENT_PID")
-    if expected_ppid and expected_ppid.isdigit() and os.getppid() != int(expected_ppid):
+    if parent_gone(environ.get("CORRAL_PARENT_PID")):
         _exit(_frames.EXIT_OK)  # the parent died before PDEATHSIG was armed
     for name in _THREAD_ENV:
         if name not in environ:

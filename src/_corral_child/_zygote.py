@@ -80,8 +80,7 @@ def main() -> None:
     ctl.setblocking(True)
     if sys.platform == "linux" and os.environ.get("CORRAL_PDEATHSIG", "1") != "0":
         _runtime._set_pdeathsig()
-    expected = os.environ.get("CORRAL_PARENT_PID", "")
-    if expected.isdigit() and os.getppid() != int(expected):
+    if _runtime.parent_gone(os.environ.get("CORRAL_PARENT_PID")):
         os._exit(0)
     path = os.environ.pop("CORRAL_SYS_PATH", None)
     if path:
