@@ -18,6 +18,7 @@ from corral._errors import (
     RestartIntensityExceeded,
     SessionLost,
     SupervisorNotRunning,
+    Unavailable,
     WorkerCrashed,
 )
 from corral.supervisor import (
@@ -116,6 +117,7 @@ __all__ = [
     "SupervisorEvent",
     "SupervisorNotRunning",
     "SupervisorStopped",
+    "Unavailable",
     "Worker",
     "WorkerCrashed",
     "WorkerEvent",

@@ -41,14 +41,26 @@ class RestartIntensityExceeded(CorralError):
     The supervisor stopped all its children; its parent sees this as an abnormal exit.
     """
 
-    def __init__(self, supervisor: str, max_restarts: int, max_seconds: float) -> None:
+    def __init__(
+        self,
+        supervisor: str,
+        max_restarts: int,
+        max_seconds: float,
+        child_id: Hashable | None = None,
+        failures: int = 0,
+    ) -> None:
+        last = ""
+        if child_id is not None:
+            last = f"; child {child_id!r} failed last ({failures} time(s) in a row, its error is the cause)"
         super().__init__(
             f"supervisor {supervisor!r}: more than {max_restarts} restart(s) within "
-            f"{max_seconds} s; all children were stopped"
+            f"{max_seconds} s{last}; all children were stopped"
         )
         self.supervisor = supervisor
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds
+        self.child_id = child_id
+        self.failures = failures
 
 
 class AlreadyPresent(CorralError):
@@ -135,25 +147,32 @@ class WorkerCrashed(CorralError):
         return text
 
 
-class RequestTimeout(CorralError):
+class Unavailable(CorralError):
+    """The pool cannot take this call now; nothing ran. Retry later, shed load, or
+    raise the limit the message names. Base of CheckoutTimeout, PoolSaturated,
+    CircuitOpen and PoolClosed."""
+
+
+class RequestTimeout(CorralError, TimeoutError):
     """The call ran longer than ``request_timeout``; the worker was killed."""
 
 
-class CheckoutTimeout(CorralError):
+class CheckoutTimeout(Unavailable, TimeoutError):
     """No worker became available within ``checkout_timeout``."""
 
 
-class PoolClosed(CorralError):
+class PoolClosed(Unavailable):
     """The pool is closed (its ``async with`` block has ended)."""
 
 
-class CircuitOpen(CorralError):
-    """Workers keep failing to start; calls fail fast until the cool-down ends."""
+class CircuitOpen(Unavailable):
+    """Workers keep failing to start; calls fail fast until the cool-down ends.
+    ``__cause__`` is the last start failure."""
 
 
 class SessionLost(CorralError):
     """The worker that held this session died; the next call binds a new worker."""
 
 
-class PoolSaturated(CorralError):
-    """The pool's wait queue is full."""
+class PoolSaturated(Unavailable):
+    """The pool's wait queue is full (``max_waiting``)."""

@@ -86,6 +86,9 @@ class IntensityExceeded:
     supervisor: str
     max_restarts: int
     max_seconds: float
+    child_id: Hashable = None  # the child whose failure was one too many
+    failures: int = 0  # its failures in a row (crashes and failed restarts)
+    exception: BaseException | None = None  # its last one
 
 
 @attrs.frozen
@@ -155,10 +158,14 @@ def log_event(event: SupervisorEvent) -> None:
         )
     elif isinstance(event, IntensityExceeded):
         logger.error(
-            "[%s] restart intensity exceeded (%d in %s s): stopping all children",
+            "[%s] restart intensity exceeded (more than %d in %s s): child %r failed last "
+            "(%d time(s) in a row: %r); stopping all children",
             event.supervisor,
             event.max_restarts,
             event.max_seconds,
+            event.child_id,
+            event.failures,
+            event.exception,
         )
     elif isinstance(event, AutoShutdownTriggered):
         logger.info("[%s] significant child %r exited: auto shutdown", event.supervisor, event.child_id)

@@ -84,7 +84,11 @@ _Message = _Exited | _Retry | _Stop
 
 
 class _Escalate(Exception):
-    """Internal: restart intensity exceeded while handling a message."""
+    """Internal: restart intensity exceeded while handling a message (for ``child``)."""
+
+    def __init__(self, child: Child) -> None:
+        super().__init__(child.id)
+        self.child = child
 
 
 @attrs.frozen(eq=False)
@@ -457,11 +461,15 @@ class Supervisor:
             async with self._lock:
                 try:
                     done = await self._handle(message)
-                except _Escalate:
+                except _Escalate as escalate:
                     self._ending = True  # before the lock is released: late calls fail
-                    self._emit(IntensityExceeded(self.name, self.max_restarts, self.max_seconds))
+                    child = escalate.child
+                    last = child.last_exit.exception if child.last_exit is not None else None
+                    limits = (self.name, self.max_restarts, self.max_seconds)
+                    self._emit(IntensityExceeded(*limits, child.id, child.failures, last))
                     await self._stop_all()
-                    self._failure = RestartIntensityExceeded(self.name, self.max_restarts, self.max_seconds)
+                    self._failure = RestartIntensityExceeded(*limits, child.id, child.failures)
+                    self._failure.__cause__ = last
                     self._emit(SupervisorStopped(self.name, "intensity"))
                     return
                 if done:
@@ -550,7 +558,7 @@ class Supervisor:
         meanwhile; a failed attempt is retried as a new message (``_attempt``).
         """
         if not self._intensity.add(trio.current_time()):
-            raise _Escalate
+            raise _Escalate(child)
         group = self._group(child)
         for other in reversed(group):
             if other is not child and other.run is not None:

@@ -106,6 +106,7 @@ class Placements:
                 '"forkserver" forks local Python workers only (no hosts=, no corral.Command)',
             )
         self.all = _placements(launcher, handlers, hosts, breaker)
+        self.last_failure: BaseException | None = None  # why the last start failed
         self.forkserver: ForkServerLauncher | None = None
         if start_method == "forkserver":
             assert isinstance(launcher, PythonModule)

@@ -285,8 +285,8 @@ class Pool:
         if self._placements.circuit_open and not slots.members:
             raise CircuitOpen(
                 f"pool {self.name!r}: workers keep failing to start; calls fail fast for "
-                f"{self._placements.retry_in():.1f} s more"
-            )
+                f"{self._placements.retry_in():.1f} s more (the cause is the last failure)"
+            ) from self._placements.last_failure
         self._check_saturation()
         waiter = self._checkout.enqueue(self._checkout.waiters)
         slots.ensure_capacity()
@@ -344,7 +344,9 @@ class Pool:
             return SessionLost(f"the worker that held session {session!r} died while the caller waited")
         members = self._slots.members
         if self._placements.circuit_open and not members:
-            return CircuitOpen(f"pool {self.name!r}: workers keep failing to start")
+            error = CircuitOpen(f"pool {self.name!r}: workers keep failing to start")
+            error.__cause__ = self._placements.last_failure
+            return error
         return CheckoutTimeout(
             f"pool {self.name!r}: no worker became free within checkout_timeout={timeout} s "
             f"({len(members)} workers, {len(self._checkout.waiters)} callers waiting)"

@@ -118,7 +118,7 @@ class Slots:
             raise CircuitOpen(
                 f"pool {self.name!r}: workers keep failing to start; next try in "
                 f"{self.placements.retry_in():.1f} s"
-            )
+            ) from self.placements.last_failure
         worker_id = f"w{next(self._incarnations)}"
         launcher = PoolLauncher(placement.launcher, self.reaper, self.options.codec)
         worker = self.factory(launcher, self.worker_options, worker_id, self._on_state)
@@ -127,6 +127,10 @@ class Slots:
         placement.live += 1
         try:
             await worker.run(task_status=task_status)
+        except BaseException as exc:
+            if worker.ready_at is None:  # a failed start: CircuitOpen will name it as its cause
+                self.placements.last_failure = exc
+            raise
         finally:
             placement.live -= 1
             if worker.pid is not None:
@@ -235,6 +239,7 @@ class Slots:
                     await self.add_slot()
                     return
                 except CorralError as exc:
+                    logger.warning("[%s] a worker failed to start: %s", self.name, exc.__cause__ or exc)
                     if attempt + 1 == tries or self.placements.circuit_open:
                         failures.append(exc)
                         return

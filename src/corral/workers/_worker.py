@@ -40,7 +40,7 @@ from corral.workers._launch import Launch, Launcher
 from corral.workers._process import Process
 
 
-class InitTimeout(CorralError):
+class InitTimeout(CorralError, TimeoutError):
     """A worker did not become READY within ``init_timeout`` (hung import or init())."""
 
 
