@@ -331,3 +331,22 @@ async def test_binding_a_session_never_scans_the_other_sessions(autojump_clock: 
         await trio.sleep(1)
         assert _CountingDict.scans == 0
         assert len(pool._sessions) == 1500
+
+
+async def test_a_slot_whose_restarts_keep_failing_is_counted(autojump_clock: MockClock) -> None:
+    """A crashed worker whose restarts fail shows as RESTARTING, and every attempt counts."""
+    script = Script()
+    backoff = corral.Backoff(initial=1.0, maximum=1.0, jitter=0.0)
+    async with fake_pool(script, size=1, backoff=backoff, circuit_breaker=None, max_restarts=100) as pool:
+        script.start_error = corral.WorkerCrashed("cannot start")
+        script.made[0].crash()
+        await trio.sleep(3.5)  # attempts at t = 1, 2, 3 fail
+        stats = pool.statistics()
+        assert stats.workers_by_state["RESTARTING"] == 1
+        assert sum(stats.workers_by_state.values()) == 1
+        assert stats.restarts == 4  # counted when scheduled, as the intensity counts: t = 0, 1, 2, 3
+        assert stats.start_failures == 3
+        assert stats.exits == {"crashed": 1, "start_failed": 3}
+        script.start_error = None
+        await trio.sleep(1)
+        assert pool.statistics().workers_by_state["READY"] == 1

@@ -57,3 +57,31 @@ async def test_opentelemetry_spans_name_the_worker() -> None:
     assert spans[0].end_time is not None and spans[0].start_time is not None
     assert spans[0].end_time >= spans[0].start_time
     assert spans[1].status.status_code is StatusCode.ERROR
+
+
+async def test_prometheus_counts_restarts_exits_and_start_failures() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from corral.telemetry.prometheus import instrument_pool
+
+    registry = prometheus_client.CollectorRegistry()
+    with trio.fail_after(20):
+        async with corral.open_pool("tests.handlers_faults", size=1, name="m") as pool:
+            remove = instrument_pool(pool, registry)
+            with pytest.raises(corral.WorkerCrashed):
+                await pool.call("exit_with", 3)
+            assert await pool.call("echo", 1) == 1
+            text = prometheus_client.generate_latest(registry).decode()
+            remove()
+    assert "# TYPE corral_pool_restarts_total counter" in text
+    assert 'corral_pool_restarts_total{pool="m"} 1.0' in text
+    assert 'corral_pool_worker_exits_total{pool="m",reason="crashed"} 1.0' in text
+    assert 'corral_pool_start_failures_total{pool="m"} 0.0' in text
+
+
+async def test_on_event_sees_every_worker_start() -> None:
+    events: list[corral.WorkerEvent] = []
+    with trio.fail_after(20):
+        async with corral.open_pool("tests.handlers_basic", size=2, on_event=events.append) as pool:
+            ids = {w.id for w in pool.workers()}
+    ready = {e.worker_id for e in events if e.action == "state" and e.detail == "STARTING -> READY"}
+    assert ready == ids and len(ids) == 2

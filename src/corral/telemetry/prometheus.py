@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from corral.workers._pool import CallRecord, Pool
@@ -48,11 +48,23 @@ class _PoolCollector(Collector):
         waiting = GaugeMetricFamily(f"{p}_pool_waiting", "Callers waiting for a worker", labels=["pool"])
         waiting.add_metric([self._pool.name], st.waiting)
         yield waiting
-        restarts = GaugeMetricFamily(
-            f"{p}_pool_restarts", "Automatic worker restarts so far", labels=["pool"]
+        name = self._pool.name
+        restarts = CounterMetricFamily(
+            f"{p}_pool_restarts", "Automatic worker restart attempts (failed ones included)", labels=["pool"]
         )
-        restarts.add_metric([self._pool.name], st.restarts)
+        restarts.add_metric([name], st.restarts)
         yield restarts
+        failures = CounterMetricFamily(
+            f"{p}_pool_start_failures", "Workers that never became ready", labels=["pool"]
+        )
+        failures.add_metric([name], st.start_failures)
+        yield failures
+        exits = CounterMetricFamily(
+            f"{p}_pool_worker_exits", "Workers that ended, by reason", labels=["pool", "reason"]
+        )
+        for reason in ("stopped", "crashed", "start_failed"):
+            exits.add_metric([name, reason], st.exits.get(reason, 0))
+        yield exits
         circuit = GaugeMetricFamily(
             f"{p}_pool_circuit_open", "1 when the circuit breaker is open", labels=["pool"]
         )

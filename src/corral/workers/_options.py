@@ -9,7 +9,7 @@ that the defaults here and in ``Pool.__init__`` never drift apart.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -22,6 +22,7 @@ from corral.workers._circuit import CircuitBreaker
 if TYPE_CHECKING:
     from corral.workers._launch import Command, PythonModule
     from corral.workers._remote import SSH
+    from corral.workers._telemetry import WorkerEvent
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 #: Restarts of a crashed worker: the first at once, then exponential up to 2 s.
@@ -84,6 +85,8 @@ class PoolOptions:
         default="spawn", validator=one_of(("spawn", "forkserver"), '"spawn" or "forkserver"')
     )
     pipeline: int = attrs.field(default=1, validator=integer(minimum=1))
+    #: Subscribed before the first worker starts: sees every worker event.
+    on_event: Callable[[WorkerEvent], None] | None = None
     #: The only payload codec the parent accepts; None: the launcher's choice.
     codec: str | None = attrs.field(
         default=None, validator=one_of((None, "json", "pickle"), 'None, "json" or "pickle"')

@@ -107,6 +107,7 @@ class Pool:
         hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
         start_method: str = "spawn",
         pipeline: int = 1,
+        on_event: Callable[[WorkerEvent], None] | None = None,
         codec: str | None = None,
         worker_factory: WorkerFactory = process_worker,
     ) -> None:
@@ -120,6 +121,8 @@ class Pool:
         self._checkout = Checkout(pipeline)
         self._sessions = SessionTable(session_ttl)
         self._telemetry = Telemetry(self.name)
+        if on_event is not None:  # before any worker exists: it sees every event
+            self._telemetry.subscribe(on_event)
         self._slots = Slots(
             self.name,
             options,
@@ -236,6 +239,7 @@ class Pool:
         by_state = {state.name: 0 for state in WorkerState}
         for m in members:
             by_state[m.worker.state.name] += 1
+        by_state["RESTARTING"] = self._slots.restarting()  # a dead worker's slot, not yet back
         telemetry = self._telemetry
         p50, p90, p99 = telemetry.percentiles(0.50, 0.90, 0.99)
         return PoolStatistics(
@@ -244,12 +248,14 @@ class Pool:
             waiting=self._checkout.queued,
             served=telemetry.served,
             failed=telemetry.failed,
-            restarts=sum(info.restarts for info in self._slots.sup.which_children()),
+            restarts=telemetry.restart_attempts,
             circuit=self._placements.circuit_summary(),
             latency_p50=p50,
             latency_p90=p90,
             latency_p99=p99,
             sessions=len(self._sessions),
+            start_failures=telemetry.start_failures,
+            exits=dict(telemetry.exits),
         )
 
     @property

@@ -20,6 +20,8 @@ import attrs
 import trio
 
 from corral._errors import CircuitOpen, CorralError
+from corral.supervisor._events import ChildRestarting, SupervisorEvent
+from corral.supervisor._records import ChildState
 from corral.supervisor._spec import ChildSpec
 from corral.supervisor._supervisor import DynamicSupervisor
 from corral.workers._checkout import Checkout
@@ -68,6 +70,12 @@ class FaultInjector:
         return _FaultyStart(worker, fault.wrap(worker.run))
 
 
+def _exit_reason(worker: PoolWorker) -> str:
+    if worker.ready_at is None:
+        return "start_failed"
+    return "stopped" if worker.state is WorkerState.STOPPED else "crashed"
+
+
 class Slots:
     """Members by worker id, the supervisor of their slots, and capacity decisions."""
 
@@ -104,6 +112,7 @@ class Slots:
         self.nursery: trio.Nursery | None = None
         self.drained = trio.Event()  # closed, and nobody holds a place
         self.reaper = Reaper()  # kills workers' groups if the parent dies (_reaper.py)
+        self.sup.subscribe(self._on_supervisor_event)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.nursery is not None:
@@ -132,6 +141,7 @@ class Slots:
                 self.placements.last_failure = exc
             raise
         finally:
+            self.telemetry.worker_ended(_exit_reason(worker))
             placement.live -= 1
             if worker.pid is not None:
                 self.reaper.discard(worker.pid)  # its group is gone (killed on the way out)
@@ -139,6 +149,14 @@ class Slots:
             if worker.ready_at is None:
                 placement.circuit.record_failure()
                 self.wake_for_circuit()
+
+    def _on_supervisor_event(self, event: SupervisorEvent) -> None:
+        if isinstance(event, ChildRestarting):
+            self.telemetry.restart_attempts += 1
+
+    def restarting(self) -> int:
+        """Slots whose worker died and whose restart is pending (backing off, or failing)."""
+        return sum(1 for info in self.sup.which_children() if info.state is ChildState.RESTARTING)
 
     def _on_state(self, worker: PoolWorker, old: WorkerState, new: WorkerState) -> None:
         telemetry = self.telemetry

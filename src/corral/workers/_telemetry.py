@@ -34,6 +34,10 @@ class PoolStatistics:
     latency_p90: float | None
     latency_p99: float | None
     sessions: int
+    #: Workers that never became READY (at open, on demand or on restart).
+    start_failures: int = 0
+    #: Workers that ended, by reason: "stopped" (asked to), "crashed", "start_failed".
+    exits: dict[str, int] = attrs.Factory(dict)
 
 
 @attrs.frozen
@@ -78,9 +82,17 @@ class Telemetry:
     pool_name: str
     served: int = 0
     failed: int = 0
+    restart_attempts: int = 0  # every automatic restart attempt, failed ones included
+    start_failures: int = 0
+    exits: dict[str, int] = attrs.Factory(dict)
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=2048))
     subscribers: list[Callable[[WorkerEvent], None]] = attrs.Factory(list)
     observers: list[Callable[[CallRecord], None]] = attrs.Factory(list)
+
+    def worker_ended(self, reason: str) -> None:
+        self.exits[reason] = self.exits.get(reason, 0) + 1
+        if reason == "start_failed":
+            self.start_failures += 1
 
     def subscribe(self, callback: Callable[[WorkerEvent], None]) -> Callable[[], None]:
         return _unsubscriber(self.subscribers, callback)
