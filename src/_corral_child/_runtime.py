@@ -175,6 +175,47 @@ def _set_pdeathsig() -> None:
             pass
 
 
+_main_loaded = False
+_main_error: str | None = None  # why loading the main script failed, for the DecodeError
+
+
+def _needs_main(exc: Exception) -> bool:
+    """Unpickling failed on a name of the parent's ``__main__`` (a function of a script)."""
+    return isinstance(exc, AttributeError) and "'__main__'" in str(exc) and not _main_loaded
+
+
+def _load_main() -> bool:
+    """Run the parent's main script as ``__mp_main__``, as multiprocessing's spawn
+    does, so that what it defines can be unpickled; its ``if __name__ ==
+    "__main__":`` block does not run. True if there was a script to load."""
+    global _main_loaded
+    path = os.environ.get("CORRAL_MAIN_PATH")
+    if not path or _main_loaded:
+        return False
+    _main_loaded = True
+    import runpy
+    import types
+
+    module = types.ModuleType("__mp_main__")
+    module.__file__ = path
+    os.environ["CORRAL_LOADING_MAIN"] = "1"  # open_pool() refuses to run from here
+    try:
+        module.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    except BaseException as exc:  # the request fails with DecodeError; the worker lives
+        global _main_error
+        _main_error = (
+            f"the worker could not load your main script {path!r} ({exc!r}); keep the code "
+            'that runs your program under `if __name__ == "__main__":`, or move the function '
+            "to a module"
+        )
+        sys.stderr.write(f"corral: {_main_error}\n")
+        return False
+    finally:
+        del os.environ["CORRAL_LOADING_MAIN"]
+    sys.modules["__mp_main__"] = sys.modules["__main__"] = module
+    return True
+
+
 def parent_gone(expected: str | None) -> bool:
     """Whether the parent named by ``CORRAL_PARENT_PID`` has died.
 
@@ -373,8 +414,14 @@ class _Server:
                 try:
                     msg = loads(msg)
                 except Exception as exc:
-                    self._undecodable(msg, exc)
-                    continue
+                    if not (_needs_main(exc) and _load_main()):
+                        self._undecodable(msg, exc)
+                        continue
+                    try:  # a function of the parent's __main__: its script is loaded now
+                        msg = loads(msg)
+                    except Exception as again:
+                        self._undecodable(msg, again)
+                        continue
                 if type(msg) not in (list, tuple):
                     self._bad_request(msg)
                     continue
@@ -571,6 +618,8 @@ class _Server:
             _fatal(_frames.EXIT_PROTOCOL_ERROR, f"undecodable frame: {exc!r}")
         info = _error_info(exc, None, self.is_pickle, type_name="DecodeError")
         info["message"] = f"cannot decode {salvaged[0]!r} request: {type(exc).__name__}: {exc}"
+        if _main_error is not None and "'__main__'" in str(exc):
+            info["message"] += f"; {_main_error}"
         self.send(_encode_error(self.dumps, salvaged[1], info, self.max_frame))
 
     def _bad_request(self, msg: Any) -> None:

@@ -110,7 +110,21 @@ class PythonModule:
                 ensure_bytecode(source)
         argv = tuple(child_argv(self.module, python=self.python))
         welcome = {"module": self.module, "sys_path": [p if p else os.getcwd() for p in sys.path]}
-        return Launch(argv, self.env, self.cwd, ("pickle", "json"), welcome)
+        env = self.env
+        main_path = _main_path()
+        if main_path is not None:  # run_sync of a function defined in the main script
+            env = {**(env or {}), "CORRAL_MAIN_PATH": main_path}
+        return Launch(argv, env, self.cwd, ("pickle", "json"), welcome)
+
+
+def _main_path() -> str | None:
+    """The parent's main script (``python app.py`` or ``python -m app``), if it is a
+    file: not under ``-c`` or in a REPL."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    return os.path.abspath(path)
 
 
 _precompiled = False

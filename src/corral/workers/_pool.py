@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -111,6 +112,11 @@ class Pool:
         codec: str | None = None,
         worker_factory: WorkerFactory = process_worker,
     ) -> None:
+        if os.environ.get("CORRAL_LOADING_MAIN"):
+            raise RuntimeError(
+                "open_pool() ran while a worker loaded your main script for run_sync: put the "
+                'code that opens pools under `if __name__ == "__main__":`'
+            )
         launcher = _launcher(handlers, env, cwd)
         # One source of truth: the keyword arguments above are PoolOptions' fields
         # (tests/test_pool_logic.py checks names and defaults never drift).
