@@ -435,7 +435,9 @@ def test_garbage_and_idless_requests_exit_4(spawn: Any) -> None:
 
 
 def test_parent_gone_at_startup(spawn: Any) -> None:
-    w: Worker = spawn(env={"CORRAL_PARENT_PID": "1"})  # "our parent should be init"
+    gone = subprocess.Popen(["true"])  # the process named as our parent has died
+    gone.wait()
+    w: Worker = spawn(env={"CORRAL_PARENT_PID": str(gone.pid)})
     with pytest.raises(EOFError):
         w.read_frame()  # hello, then it notices and leaves
         w.read_frame()
