@@ -18,7 +18,7 @@ import pytest
 import trio
 
 import corral
-from corral._procman import (
+from corral.procman import (
     Config,
     ProcessConfig,
     ProcessExited,
