@@ -9,7 +9,8 @@ then ``SIGKILL`` to the group once the ``shutdown`` grace is over. See docs/proc
 Where each part lives (each usable on its own; the tests do):
 
 * ``_config``: the frozen model (``Config``, ``SupervisorConfig``, ``ProcessConfig``,
-  ``LogSettings``) and TOML -> ``Config`` (``load_config``, ``loads_config``,
+  ``LogSettings``) and the rules between its fields;
+* ``_load``: TOML -> ``Config`` with cattrs (``load_config``, ``loads_config``,
   ``parse_config``; ``InvalidSpec`` naming the TOML path, e.g. ``child[2].restart``);
 * ``_logs``: a command's rotating log file and the terminal;
 * ``_runner``: ``run_process``, the child function running one command;
@@ -21,15 +22,8 @@ Not imported by ``import corral``.
 """
 
 from corral.procman._cli import add_run_parser, run_command
-from corral.procman._config import (
-    Config,
-    LogSettings,
-    ProcessConfig,
-    SupervisorConfig,
-    load_config,
-    loads_config,
-    parse_config,
-)
+from corral.procman._config import Config, LogSettings, ProcessConfig, SupervisorConfig
+from corral.procman._load import load_config, loads_config, parse_config
 from corral.procman._logs import Console, RotatingLog
 from corral.procman._runner import ProcessExited, run_process, show_command
 from corral.procman._serve import serve

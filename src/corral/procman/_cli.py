@@ -10,7 +10,7 @@ import sys
 import trio
 
 from corral._errors import CorralError, InvalidSpec
-from corral.procman._config import load_config
+from corral.procman._load import load_config
 from corral.procman._logs import Console
 from corral.procman._serve import serve
 from corral.procman._tree import build_tree, describe_tree
