@@ -12,7 +12,7 @@ Where each part lives (each usable on its own; the tests do):
   ``LogSettings``) and the rules between its fields;
 * ``_load``: TOML -> ``Config`` with cattrs (``load_config``, ``loads_config``,
   ``parse_config``; ``InvalidSpec`` naming the TOML path, e.g. ``child[2].restart``);
-* ``_logs``: a command's rotating log file and the terminal;
+* ``_logs``: a command's rotating log file and the terminal, one line format for both;
 * ``_runner``: ``run_process``, the child function running one command;
 * ``_tree``: ``build_tree`` (``Config`` -> ``corral.Supervisor``\\ s), ``describe_tree``;
 * ``_serve``: ``serve``, the foreground process manager (signals, console);
@@ -24,7 +24,7 @@ Not imported by ``import corral``.
 from corral.procman._cli import add_run_parser, run_command
 from corral.procman._config import Config, LogSettings, ProcessConfig, SupervisorConfig
 from corral.procman._load import load_config, loads_config, parse_config
-from corral.procman._logs import Console, RotatingLog
+from corral.procman._logs import Console, LineFormatter, RotatingLog
 from corral.procman._runner import ProcessExited, run_process, show_command
 from corral.procman._serve import serve
 from corral.procman._tree import ProcessTree, build_tree, describe_tree
@@ -32,6 +32,7 @@ from corral.procman._tree import ProcessTree, build_tree, describe_tree
 __all__ = [
     "Config",
     "Console",
+    "LineFormatter",
     "LogSettings",
     "ProcessConfig",
     "ProcessExited",

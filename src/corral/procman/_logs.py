@@ -1,75 +1,108 @@
-"""Where a command's output goes: its rotating log file and the terminal."""
+"""Where a command's output goes: its rotating log file and the terminal.
+
+Each line a command prints, and each of corral's notes about it (started, stop
+requested, SIGKILL, exited), is a ``logging`` record with two extra fields: ``child``,
+the command's id, and ``stream``, ``out``, ``err`` or ``---`` for a note. One formatter,
+``LineFormatter``, turns a record into a line for both places::
+
+    log file   2025-01-31 12:00:00.123 err <line>
+    terminal   12:00:00 web      | err <line>     (stdout lines unmarked; notes only in the file)
+
+A command's log is a logger of its own, outside logging's registry and propagating to no
+parent (the application's handlers never see command output), with a stdlib
+``RotatingFileHandler`` writing ``<dir>/<id>.log``; the terminal, if echoed to, is one
+more handler shared by every command.
+"""
 
 from __future__ import annotations
 
-import datetime
-import os
+import logging
 from collections.abc import Sequence
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TextIO
 
+OUT, ERR, NOTE = "out", "err", "---"  # the stream a line came from; NOTE: corral's own
+CORRAL = "corral"  # the name on the terminal lines about the tree itself
 
-class RotatingLog:
-    """Append-only text log, rotated by size like ``logging.handlers.RotatingFileHandler``:
-    ``x.log`` -> ``x.log.1`` -> ... -> ``x.log.<backups>`` (the oldest is dropped)."""
 
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
-        self._size = self._file.tell()
+class LineFormatter(logging.Formatter):
+    """One line of a log file or, given the width of the id column, of the terminal."""
 
-    def write_lines(self, lines: Sequence[str], stream: str) -> None:
-        if self._file.closed:
-            return
-        stamp = datetime.datetime.now().isoformat(sep=" ", timespec="milliseconds")
-        for line in lines:
-            data = f"{stamp} {stream} {line}\n".encode("utf-8", "replace")
-            if self._size and self._size + len(data) > self.max_bytes:
-                self._rotate()
-            self._file.write(data)
-            self._size += len(data)
-        self._file.flush()
+    default_msec_format = "%s.%03d"  # 12:00:00.123, as datetime.isoformat writes it
 
-    def _rotate(self) -> None:
-        self._file.close()
-        if self.backups > 0:
-            for i in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{i}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            self._file = open(self.path, "ab")  # noqa: SIM115
+    def __init__(self, width: int | None = None) -> None:
+        if width is None:
+            super().__init__("%(asctime)s %(stream)s %(message)s")
         else:
-            self._file = open(self.path, "wb")  # noqa: SIM115 - no backups: start over
-        self._size = 0
+            super().__init__(f"%(asctime)s %(child)-{width}s | %(mark)s%(message)s", datefmt="%H:%M:%S")
 
-    def close(self) -> None:
-        self._file.close()
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.mark = "err " if getattr(record, "stream", OUT) == ERR else ""
+        return super().formatMessage(record)
 
 
-class Console:
-    """Child output (stdout) and corral's own messages (stderr), prefixed like
-    ``12:00:01 web    | text``. Never blocks the tree on a broken terminal."""
+class Console(logging.Handler):
+    """The terminal: the commands' output on stdout, corral's messages about the tree
+    (``say``) on stderr, each line prefixed like ``12:00:01 web    | text``. Never
+    blocks the tree on a broken terminal."""
 
     def __init__(self, out: TextIO, err: TextIO, width: int = 8) -> None:
+        super().__init__()
         self.out = out
         self.err = err
-        self.width = max(width, len("corral"))
+        self.setFormatter(LineFormatter(max(width, len(CORRAL))))
 
-    def _write(self, target: TextIO, prefix: str, lines: Sequence[str]) -> None:
-        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "stream", OUT) != NOTE:  # the notes are for the log file; say() tells the terminal
+            self._write(self.out, record)
+
+    def say(self, text: str) -> None:
+        self._write(self.err, logging.makeLogRecord({"msg": text, "child": CORRAL, "stream": NOTE}))
+
+    def _write(self, target: TextIO, record: logging.LogRecord) -> None:
         try:
-            for line in lines:
-                target.write(f"{stamp} {prefix:<{self.width}} | {line}\n")
+            target.write(self.format(record) + "\n")
             target.flush()
         except (OSError, ValueError):
             pass  # the terminal went away; the log files still have everything
 
-    def lines(self, child_id: str, lines: Sequence[str]) -> None:
-        self._write(self.out, child_id, lines)
 
-    def say(self, text: str) -> None:
-        self._write(self.err, "corral", [text])
+class _LogFile(RotatingFileHandler):
+    """The stdlib's size-rotated file, rotating where corral's logs always have: before a
+    line would take the file past ``max_bytes`` (counted in bytes, not characters), never
+    while the file is empty (Python < 3.13 would), and with no backups by starting over."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", errors="replace")
+        if backups == 0:  # the stdlib would reopen the file for appending and let it grow
+            self.mode = "w"
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        size = self.stream.tell() if self.stream else 0
+        return size > 0 and size + len(self.format(record).encode("utf-8", "replace")) + 1 > self.maxBytes
+
+
+class RotatingLog:
+    """A command's log file ``<id>.log`` (and the console, if given), rotated by size:
+    ``x.log`` -> ``x.log.1`` -> ... -> ``x.log.<backups>`` (the oldest is dropped); with
+    no backups the file starts over. Lines written after ``close()`` are dropped."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, console: Console | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.child_id = path.stem  # the file is named after the command's id
+        self._file = _LogFile(path, max_bytes, backups)
+        self._file.setFormatter(LineFormatter())
+        self._logger = logging.Logger(f"corral.run.{self.child_id}")  # not registered: no parent
+        self._logger.propagate = False
+        self._logger.addHandler(self._file)
+        if console is not None:
+            self._logger.addHandler(console)
+
+    def write_lines(self, lines: Sequence[str], stream: str) -> None:
+        for line in lines:
+            self._logger.info(line, extra={"child": self.child_id, "stream": stream})
+
+    def close(self) -> None:
+        self._logger.disabled = True
+        self._file.close()

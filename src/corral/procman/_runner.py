@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import trio
 
 from corral.procman._config import LogSettings, ProcessConfig
-from corral.procman._logs import Console, RotatingLog
+from corral.procman._logs import ERR, NOTE, OUT, Console, RotatingLog
 from corral.supervisor import Shutdown, current_child
 from corral.workers._process import open_pidfd
 
@@ -118,7 +118,7 @@ class _Pipe:
 class _Spawned:
     """The running command: a process-group leader with two output pipes."""
 
-    def __init__(self, proc: ProcessConfig, on_lines: Callable[[str, list[str]], None]) -> None:
+    def __init__(self, proc: ProcessConfig, on_lines: Callable[[list[str], str], None]) -> None:
         env = dict(os.environ)
         env.update(proc.env)
         env["CORRAL_CHILD_ID"] = proc.id
@@ -143,8 +143,8 @@ class _Spawned:
         os.close(err_w)
         self.pid = self.popen.pid
         self.returncode: int | None = None
-        self.stdout = _Pipe(out_r, lambda lines: on_lines("out", lines))
-        self.stderr = _Pipe(err_r, lambda lines: on_lines("err", lines))
+        self.stdout = _Pipe(out_r, lambda lines: on_lines(lines, OUT))
+        self.stderr = _Pipe(err_r, lambda lines: on_lines(lines, ERR))
         self._pidfd: int | None = open_pidfd(self.pid)
 
     def signal_group(self, sig: int) -> None:
@@ -199,18 +199,13 @@ async def run_process(
     ``SIGKILL`` in shielded cleanup. No process of the group outlives this call.
     """
     ctx = current_child()
-    log = RotatingLog(logs.path(proc.id), logs.max_bytes, logs.backups)
+    log = RotatingLog(logs.path(proc.id), logs.max_bytes, logs.backups, console)
 
     def note(text: str) -> None:
-        log.write_lines([text], "---")
-
-    def on_lines(stream: str, lines: list[str]) -> None:
-        log.write_lines(lines, stream)
-        if console is not None:
-            console.lines(proc.id, lines)
+        log.write_lines([text], NOTE)
 
     try:
-        spawned = _Spawned(proc, on_lines)
+        spawned = _Spawned(proc, log.write_lines)
     except BaseException as exc:
         note(f"cannot start {show_command(proc.command)}: {exc!r}")
         log.close()
