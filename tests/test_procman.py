@@ -5,6 +5,7 @@ Every process check reads /proc (Linux): pids, process groups, zombies. No mocks
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -18,8 +19,9 @@ import pytest
 import trio
 
 import corral
-from corral._procman import (
+from corral.procman import (
     Config,
+    Console,
     ProcessConfig,
     ProcessExited,
     ProcessTree,
@@ -229,6 +231,41 @@ def test_rotating_log_keeps_the_configured_backups(tmp_path: Path) -> None:
     assert all(p.stat().st_size <= 200 for p in tmp_path.iterdir())
     assert "line 059" in (tmp_path / "x.log").read_text()
     assert "line 000" not in "".join(p.read_text() for p in tmp_path.iterdir())
+
+
+def test_rotating_log_without_backups_starts_over_and_counts_bytes(tmp_path: Path) -> None:
+    log = RotatingLog(tmp_path / "x.log", max_bytes=120, backups=0)
+    for i in range(40):
+        log.write_lines([f"{i:02d} h\u00e9h\u00e9 \u65e5\u672c"], "err")  # 2- and 3-byte characters
+    log.close()
+    log.write_lines(["after close"], "out")  # dropped
+    assert [p.name for p in tmp_path.iterdir()] == ["x.log"]
+    data = (tmp_path / "x.log").read_bytes()
+    assert 0 < len(data) <= 120 and data.endswith("39 h\u00e9h\u00e9 \u65e5\u672c\n".encode())
+    assert b"after close" not in data
+
+
+def test_console_marks_stderr_lines_as_the_log_does(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out, err, width=4)
+    log = RotatingLog(tmp_path / "web.log", max_bytes=10_000, backups=1, console=console)
+    log.write_lines(["hello"], "out")
+    log.write_lines(["oops"], "err")
+    log.write_lines(["started pid 1: x"], "---")  # corral's notes stay in the file
+    log.close()
+    console.say("web started (pid 1)")
+    assert [line[9:] for line in out.getvalue().splitlines()] == ["web    | hello", "web    | err oops"]
+    assert err.getvalue()[9:] == "corral | web started (pid 1)\n"
+    logged = [line[24:] for line in (tmp_path / "web.log").read_text().splitlines()]
+    assert logged == ["out hello", "err oops", "--- started pid 1: x"]
+
+
+def test_cattrs_is_imported_only_to_load_a_config() -> None:
+    code = (
+        "import sys, corral, corral.procman; assert 'cattrs' not in sys.modules; "
+        "corral.procman.loads_config(''); assert 'cattrs' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=20)
 
 
 # -- real processes under real supervisors -------------------------------------------

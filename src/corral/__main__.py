@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     demo.add_argument("--seconds", type=float, default=20.0, help="how long the demo runs (seconds)")
-    from corral._procman import add_run_parser, run_command
+    from corral.procman import add_run_parser, run_command
 
     add_run_parser(sub)
     args = parser.parse_args(argv)

@@ -1,0 +1,112 @@
+"""The command line: ``corral run CONFIG.toml`` (``add_run_parser`` registers it on the
+``corral`` command, ``run_command`` runs it and returns the exit status)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import trio
+
+from corral._errors import CorralError, InvalidSpec
+from corral.procman._load import load_config
+from corral.procman._logs import Console
+from corral.procman._serve import serve
+from corral.procman._tree import build_tree, describe_tree
+
+RUN_DESCRIPTION = """\
+Supervise OS commands as an Erlang/OTP supervision tree described in a TOML file:
+a process manager with OTP restart strategies (one_for_one, one_for_all,
+rest_for_one), restart types (permanent, transient, temporary), restart intensity
+that escalates up the tree, restart backoff, and a two-phase stop (stop_signal,
+then SIGKILL after the shutdown grace) of each command's whole process group.
+
+Each command's stdout/stderr lines go to LOG_DIR/<id>.log (rotated by size) and,
+prefixed with the id, to this terminal. Ctrl-C or SIGTERM stops the tree in
+reverse start order and exits 0; a second Ctrl-C kills everything at once."""
+
+RUN_EPILOG = """\
+example (see examples/procman.toml and docs/procman.md for every option):
+
+  [supervisor]                 # the root: options only
+  strategy = "rest_for_one"    # one_for_one | one_for_all | rest_for_one
+  max_restarts = 5             # more than this many restarts ...
+  max_seconds = 10             # ... within this window: give up (exit 1)
+  backoff = { initial = 0.5, maximum = 10 }
+  log_dir = "logs"             # relative to this file
+
+  [[child]]
+  id = "db"
+  command = ["postgres", "-D", "data"]   # a list: no shell, no splitting
+  shutdown = 30                # seconds between stop_signal and SIGKILL
+  stop_signal = "SIGINT"
+
+  [[child]]                    # restarted whenever db restarts (rest_for_one)
+  id = "web"
+  command = ["sh", "-c", "exec ./server --port $PORT"]
+  env = { PORT = "8080" }
+  restart = "transient"        # restarted only after a nonzero exit
+
+  [[child]]                    # a nested supervisor with its own children
+  id = "jobs"
+  type = "supervisor"
+  strategy = "one_for_one"
+  [[child.child]]
+  id = "mailer"
+  command = ["python", "-m", "mailer"]
+
+exit status: 0 after a stop, 1 when the tree gave up or failed to start,
+2 for an invalid config, 130 after a second Ctrl-C."""
+
+
+def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``corral run`` on the ``corral`` command's subparsers."""
+    parser = sub.add_parser(
+        "run",
+        help="supervise OS commands from a TOML file (a process manager with OTP strategies)",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", metavar="CONFIG.toml", help="the tree to run (see the example below)")
+    parser.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="write the log files here instead of the config's log_dir",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, print the tree it describes, and exit",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="do not echo the commands' output here (the log files still get it)",
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``corral run``: returns the process exit status."""
+    try:
+        config = load_config(args.config, log_dir=args.log_dir)
+    except InvalidSpec as exc:
+        print(f"corral run: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("\n".join(describe_tree(config)))
+        return 0
+    # Events are printed by serve(); keep the supervisor's logger from printing them twice.
+    logging.getLogger("corral").addHandler(logging.NullHandler())
+    width = max((len(p.id) for p in config.processes()), default=0)
+    console = Console(sys.stdout, sys.stderr, width)
+    tree = build_tree(config, None if args.quiet else console)
+    try:
+        return trio.run(serve, tree, console)
+    except KeyboardInterrupt:  # before the signal receiver was installed
+        return 130
+    except CorralError as exc:  # pragma: no cover - serve() handles the tree's own errors
+        print(f"corral run: {exc}", file=sys.stderr)
+        return 1
