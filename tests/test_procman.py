@@ -505,6 +505,15 @@ def test_cli_check_and_invalid_config(tmp_path: Path) -> None:
     assert helped.returncode == 0 and "[[child.child]]" in helped.stdout
 
 
+def test_a_config_that_is_not_utf8_is_refused_clearly(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('# café\n[[child]]\nid = "a"\ncommand = ["true"]\n'.encode("latin-1"))
+    for args in (("run", "--check", str(latin1)), ("run", str(latin1))):
+        res = subprocess.run(corral_cmd(*args), capture_output=True, text=True, timeout=20)
+        assert res.returncode == 2, res.stderr
+        assert "is not UTF-8 text" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
 @asynccontextmanager
 async def cli(tmp_path: Path, *args: str) -> AsyncIterator[tuple[trio.Process, Path, Path]]:
     out, err = tmp_path / "stdout", tmp_path / "stderr"

@@ -412,4 +412,10 @@ def load_config(path: Path | str, *, log_dir: Path | str | None = None) -> Confi
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidSpec("file", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec(
+            "file",
+            f"{str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            "TOML files must be UTF-8: save it as UTF-8",
+        ) from None
     return loads_config(text, base_dir=source.parent, log_dir=log_dir, source=source)
