@@ -54,10 +54,22 @@ PLAN: dict[str, tuple[int, int, Result, Result]] = {
 }
 
 
+#: ``--base DIR``: systems named "<system>@base" run against the corral in DIR/src (an
+#: older checkout, e.g. a git worktree), so a change is measured before and after in
+#: one run, taking turns with everything else.
+BASE_SUFFIX = "@base"
+_base_dir: str | None = None
+
+
 def run_one(system: str, metric: str, params: Result, timeout: float = 180.0) -> Result:
+    env = None
+    if system.endswith(BASE_SUFFIX):
+        assert _base_dir is not None, "--base DIR is needed for @base systems"
+        system = system[: -len(BASE_SUFFIX)]
+        env = {**os.environ, "PYTHONPATH": os.path.join(_base_dir, "src") + os.pathsep + ROOT}
     argv = [sys.executable, "-m", "benchmarks.peers_metrics", system, metric, json.dumps(params)]
     try:
-        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     for line in proc.stdout.splitlines():
@@ -250,6 +262,11 @@ def _crash_cell(row: Result) -> str:
     return f"{row['crash_recover_s'] * 1e3:.0f} ms{works}"
 
 
+def _present(rows: Result) -> list[str]:
+    """The systems measured, in ORDER, each "@base" variant right after its system."""
+    return [name for s in ORDER for name in (s, s + BASE_SUFFIX) if name in rows]
+
+
 def table(summary: Result) -> str:
     rows: dict[str, Result] = summary["rows"]
     out = [
@@ -258,9 +275,7 @@ def table(summary: Result) -> str:
         f"cancelled call's worker | 64 {X} 0.2 s busy, s | 64 workers PSS MiB |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
     ]
-    for system in ORDER:
-        if system not in rows:
-            continue
+    for system in _present(rows):
         r = rows[system]
         name = "**corral**" if system == "corral" else ("floor (bare pipes)" if system == "floor" else system)
         out.append(
@@ -278,8 +293,8 @@ def ratio_table(summary: Result) -> str:
         "| system | cold start | no-op p50 | no-op p99 | calls/s | 1 MiB echo | 64 busy time | 64 PSS |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for system in ORDER:
-        if system not in rows or system == "floor":
+    for system in _present(rows):
+        if system == "floor":
             continue
         r = rows[system]
         name = "**corral**" if system == "corral" else system
@@ -496,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", default=None, help="re-render plots/tables from a results JSON")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--update-docs", action="store_true", help="rewrite the generated block of the doc")
+    parser.add_argument("--base", default=None, help="a checkout to measure as '<system>@base'")
     args = parser.parse_args(argv)
     if args.report:
         with open(args.report) as f:
@@ -503,7 +519,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         systems = [s for s in args.systems.split(",") if s]
         metrics = [m for m in args.metrics.split(",") if m]
-        unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(metrics) - set(METRICS))
+        global _base_dir
+        _base_dir = args.base
+        known = set(SYSTEMS) | {s + BASE_SUFFIX for s in SYSTEMS if s.startswith("corral")}
+        unknown = sorted(set(systems) - known) + sorted(set(metrics) - set(METRICS))
         if unknown:
             parser.error(f"unknown: {', '.join(unknown)}")
         data = measure(systems, metrics, args.quick, args.rounds)
