@@ -37,7 +37,9 @@ class _Pending:
         self.msg: Any = None
         # Exists only while its caller waits for another caller to read the reply for it.
         self.event: trio.Event | None = None
-        self.abandoned = False  # its caller was cancelled: the reply is discarded
+        # None while its caller waits. Once the caller was cancelled (its reply is
+        # discarded), an Event set when the request settles: a reply or the worker's end.
+        self.abandoned: trio.Event | None = None
 
 
 def remote_error(info: Any, codec_name: str) -> RemoteError:
@@ -74,6 +76,8 @@ class RequestTable:
       requests are left, to the drain task. A reply reaches exactly its request.
     - A caller that is cancelled returns at once; its request is withdrawn (not written
       yet) or cancelled as docs/protocol.md §6 says, and its reply is read and dropped.
+      The cancel waits on events (a reply, the worker's end, a new oldest unanswered
+      request), never by polling.
     - When the worker ends, ``fail_all`` fails every request in flight with one error
       and frees every place, so queued callers find the worker unusable.
 
@@ -87,6 +91,7 @@ class RequestTable:
 
     __slots__ = (
         "_draining",
+        "_head_moved",
         "_ids",
         "_next_frame",
         "_options",
@@ -114,6 +119,9 @@ class RequestTable:
         self.reading = False  # a caller (or the drain task) is reading replies
         self._draining = False
         self.failed = trio.Event()  # fail_all() ran: callers of a dead worker can raise
+        # Set (and replaced by None) when the oldest unanswered request may have changed;
+        # exists only while a cancel waits for its request to become the oldest.
+        self._head_moved: trio.Event | None = None
 
     def negotiated(self, codec: frames.Codec, depth: int) -> None:
         """The handshake's outcome: the payload codec and how many requests in flight."""
@@ -224,7 +232,12 @@ class RequestTable:
                 f"worker {self._worker.id}: a reply to no request in flight: {msg!r:.200}"
             ) from None
         waiter.msg = msg
-        if waiter.abandoned:
+        head_moved = self._head_moved  # _moved_head(), inline: this runs for every reply
+        if head_moved is not None:  # a cancel waits for its request to be the oldest
+            self._head_moved = None
+            head_moved.set()
+        if waiter.abandoned is not None:
+            waiter.abandoned.set()
             self._discard(request_id, msg)
         elif waiter.event is not None:
             waiter.event.set()
@@ -299,6 +312,7 @@ class RequestTable:
         if self._worker._ended.is_set() or self.pending.pop(request_id, None) is None:
             return
         self.slot.release()
+        self._moved_head()
         if not self.pending:
             self._worker._idle()
 
@@ -309,8 +323,11 @@ class RequestTable:
             waiter.error = error
             if waiter.event is not None:
                 waiter.event.set()
+            if waiter.abandoned is not None:
+                waiter.abandoned.set()
             self.slot.release()
         assert self.slot.free <= self.depth
+        self._moved_head()
         self.failed.set()
 
     # -- cancel ------------------------------------------------------------------
@@ -323,7 +340,7 @@ class RequestTable:
         worker = self._worker
         if request_id not in self.pending or worker._proc is None or worker._nursery is None:
             return
-        waiter.abandoned = True
+        waiter.abandoned = trio.Event()
         if waiter.msg is not None:  # it had already been read for us
             self._discard(request_id, waiter.msg)
             return
@@ -348,43 +365,51 @@ class RequestTable:
         # Queued behind others, it is answered "cancelled" without running; but it may
         # start before the worker reads the cancel: once it is the oldest unanswered
         # request (the one running, or next), interrupt it.
-        while self._unsettled(request_id, waiter):
-            if self._head() == request_id:
-                break
-            await trio.sleep(0.01)
-        else:
+        if not await self._until_head(request_id, waiter):
             return
         assert self._worker._proc is not None
         self._worker._proc.signal(signal.SIGINT)
-        grace = self._options.cancel_grace
-        with trio.move_on_after(grace):
-            while self._unsettled(request_id, waiter):
-                await trio.sleep(0.005)
-        if self._unsettled(request_id, waiter):
-            self._kill_after(grace, "of an interrupt")
+        await self._kill_unless_settled(request_id, waiter, "of an interrupt")
 
     async def _kill_if_head_too_long(self, request_id: int, waiter: _Pending) -> None:
-        while self._head() != request_id:
-            if not self._unsettled(request_id, waiter):
-                return
-            await trio.sleep(0.01)
-        grace = self._options.cancel_grace
-        await trio.sleep(grace)
-        if self._unsettled(request_id, waiter):
-            self._kill_after(grace, "of a cancel it could not yet be told about")
-
-    def _kill_after(self, grace: float, after: str) -> None:
-        worker = self._worker
-        why = f"worker {worker.id} did not return within cancel_grace={grace} s {after}; killed"
-        worker._kill(WorkerCrashed(why))
+        if await self._until_head(request_id, waiter):
+            await self._kill_unless_settled(request_id, waiter, "of a cancel it could not yet be told about")
 
     def _unsettled(self, request_id: int, waiter: _Pending) -> bool:
-        """No reply, no failure (a request leaves the table only settled, once written)."""
+        """No reply, no failure: what a cancel waits to change (a request leaves the
+        table only settled, once it was written)."""
         return waiter.msg is None and waiter.error is None and request_id in self.pending
 
     def _head(self) -> int | None:
         """The oldest request not answered yet: the one the worker runs, or runs next."""
         return next((rid for rid, w in self.pending.items() if w.msg is None), None)
+
+    def _moved_head(self) -> None:
+        head_moved = self._head_moved
+        if head_moved is not None:
+            self._head_moved = None
+            head_moved.set()
+
+    async def _until_head(self, request_id: int, waiter: _Pending) -> bool:
+        """Wait until the request is the oldest unanswered one (True), or has settled."""
+        while self._unsettled(request_id, waiter):
+            if self._head() == request_id:
+                return True
+            if self._head_moved is None:
+                self._head_moved = trio.Event()
+            await self._head_moved.wait()
+        return False
+
+    async def _kill_unless_settled(self, request_id: int, waiter: _Pending, after: str) -> None:
+        """Give the abandoned request ``cancel_grace`` to settle; else kill the worker."""
+        assert waiter.abandoned is not None
+        grace = self._options.cancel_grace
+        with trio.move_on_after(grace):
+            await waiter.abandoned.wait()
+        if self._unsettled(request_id, waiter):
+            worker = self._worker
+            why = f"worker {worker.id} did not return within cancel_grace={grace} s {after}; killed"
+            worker._kill(WorkerCrashed(why))
 
     # -- replies nobody waits for ----------------------------------------------------
 
@@ -401,7 +426,7 @@ class RequestTable:
                 outstanding = [w for w in self.pending.values() if w.msg is None]
                 if not outstanding:
                     return
-                if any(not w.abandoned for w in outstanding):
+                if any(w.abandoned is None for w in outstanding):
                     self._pass_waiting_reader()  # a live caller reads from here on
                     return
                 self.reading = True
