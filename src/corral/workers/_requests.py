@@ -232,10 +232,8 @@ class RequestTable:
                 f"worker {self._worker.id}: a reply to no request in flight: {msg!r:.200}"
             ) from None
         waiter.msg = msg
-        head_moved = self._head_moved  # _moved_head(), inline: this runs for every reply
-        if head_moved is not None:  # a cancel waits for its request to be the oldest
-            self._head_moved = None
-            head_moved.set()
+        if self._head_moved is not None:  # a cancel waits for its request to be the oldest
+            self._moved_head()
         if waiter.abandoned is not None:
             waiter.abandoned.set()
             self._discard(request_id, msg)
@@ -243,18 +241,17 @@ class RequestTable:
             waiter.event.set()
 
     def _pass_reading(self) -> None:
-        """The reader got its reply (or left): the next caller still waiting reads on;
-        with only abandoned requests left, the drain task reads their replies."""
-        if not self._pass_waiting_reader() and any(w.msg is None for w in self.pending.values()):
-            self._start_drain()
-
-    def _pass_waiting_reader(self) -> bool:
-        """Wake the oldest caller waiting for its reply, to read on; False if none waits."""
+        """Reading is free: the oldest caller still waiting for its reply reads on; with
+        only abandoned requests unanswered, the drain task reads their replies."""
+        unanswered = False
         for waiter in self.pending.values():
-            if waiter.msg is None and waiter.event is not None:
-                waiter.event.set()
-                return True
-        return False
+            if waiter.msg is None:
+                if waiter.event is not None:
+                    waiter.event.set()
+                    return
+                unanswered = True
+        if unanswered:
+            self._start_drain()  # a no-op from the drain task itself
 
     def _settle(self, request_id: int, msg: Any) -> Any:
         """Turn a reply into a result or an exception; free the place."""
@@ -427,7 +424,7 @@ class RequestTable:
                 if not outstanding:
                     return
                 if any(w.abandoned is None for w in outstanding):
-                    self._pass_waiting_reader()  # a live caller reads from here on
+                    self._pass_reading()  # a live caller reads from here on
                     return
                 self.reading = True
                 try:

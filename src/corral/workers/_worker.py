@@ -90,6 +90,7 @@ class WorkerInfo:
 
 
 _ids = itertools.count(1)
+_USABLE = frozenset({WorkerState.READY, WorkerState.BUSY})  # the states that take calls
 _DEFAULTS = WorkerOptions()
 
 
@@ -524,7 +525,7 @@ class Worker:
         await self._requests.request("ping", None, (), timeout)
 
     def _check_usable(self) -> None:
-        if self.state in (WorkerState.READY, WorkerState.BUSY):
+        if self.state in _USABLE:
             return
         if self._fatal is not None and isinstance(self._fatal, CorralError):
             raise WorkerCrashed(f"worker {self.id} is {self.state.name}: {self._fatal}")
