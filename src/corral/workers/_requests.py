@@ -1,0 +1,439 @@
+"""The requests in flight on one worker: their places, their replies, their cancels.
+
+A worker answers its requests in order, one frame each. Whoever waits for a reply
+reads: with one request in flight the caller reads its own reply; with several
+(pipelining), one caller reads and hands the others theirs, and replies that nobody
+waits for any more (their callers were cancelled) are read by a drain task. A
+cancelled request is named to the worker (``["cancel", id]``) and interrupted with
+SIGINT once it is the oldest unanswered one (docs/protocol.md §6); a worker that does
+not answer it within ``cancel_grace`` is killed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import signal
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from _corral_child import _frames as frames
+from corral._errors import CorralError, ProtocolError, RemoteError, RequestTimeout, WorkerCrashed
+from corral.workers._channel import CHANNEL_ENDED, Channel, EndOfChannel, Places
+
+if TYPE_CHECKING:
+    from corral.workers._worker import Worker
+
+
+class _Pending:
+    """A request in flight: its reply once read (by whichever caller is reading), or
+    the error if the worker dies first."""
+
+    __slots__ = ("abandoned", "error", "event", "msg")
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.msg: Any = None
+        # Exists only while its caller waits for another caller to read the reply for it.
+        self.event: trio.Event | None = None
+        # None while its caller waits. Once the caller was cancelled (its reply is
+        # discarded), an Event set when the request settles: a reply or the worker's end.
+        self.abandoned: trio.Event | None = None
+
+
+def remote_error(info: Any, codec_name: str) -> RemoteError:
+    """The ``RemoteError`` for an error reply's info (its original exception as the
+    cause, when the codec is pickle and it unpickles)."""
+    if not isinstance(info, dict):
+        return RemoteError("ProtocolError", f"malformed error reply: {info!r:.200}")
+    error = RemoteError(
+        str(info.get("type", "Exception")),
+        str(info.get("message", "")),
+        str(info.get("traceback", "") or ""),
+    )
+    exc_bytes = info.get("exc")
+    if isinstance(exc_bytes, bytes) and codec_name == "pickle":
+        try:
+            original = pickle.loads(exc_bytes)
+        except Exception:
+            original = None
+        if isinstance(original, BaseException):
+            error.__cause__ = original
+    return error
+
+
+class RequestTable:
+    """One worker's requests in flight, matched to its replies; the hot path of a call.
+
+    It exists so that the lifecycle never sees a request and the channel never sees a
+    reply. Guarantees:
+
+    - At most ``depth`` requests are in flight (1 unless the worker pipelines); a freed
+      place passes to the next caller in FIFO order, and a free one costs no scheduling.
+    - Exactly one task reads replies at a time (``reading``); when it has its own reply
+      it hands reading to the oldest caller still waiting, or, if only abandoned
+      requests are left, to the drain task. A reply reaches exactly its request.
+    - A caller that is cancelled returns at once; its request is withdrawn (not written
+      yet) or cancelled as docs/protocol.md §6 says, and its reply is read and dropped.
+      The cancel waits on events (a reply, the worker's end, a new oldest unanswered
+      request), never by polling.
+    - When the worker ends, ``fail_all`` fails every request in flight with one error
+      and frees every place, so queued callers find the worker unusable.
+
+    Of its worker it uses: ``id`` and ``options``; ``served``, which it counts up for
+    each "ok" or "error" reply; ``_check_usable``, before a request is admitted;
+    ``_busy``/``_idle``, a request in flight / none any more (the state moves READY <->
+    BUSY there); ``_kill``/``_end``, to end the worker on a protocol error, a timeout, a
+    lost pipe or an ignored cancel; ``_proc`` and ``_nursery``, for SIGINT and for the
+    background tasks of cancels and drains.
+    """
+
+    __slots__ = (
+        "_draining",
+        "_head_moved",
+        "_ids",
+        "_next_frame",
+        "_options",
+        "_send",
+        "_worker",
+        "codec",
+        "depth",
+        "failed",
+        "pending",
+        "reading",
+        "slot",
+    )
+
+    def __init__(self, worker: Worker, channel: Channel) -> None:
+        self._worker = worker
+        self._options = worker.options
+        self._send = channel.send  # bound once: the hot path calls them per request
+        self._next_frame = channel.next_frame
+        self.codec: frames.Codec = frames.get_codec("json")  # the handshake chooses
+        # Insertion order is request id order, which is the order the worker answers in.
+        self.pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self.depth = 1  # requests in flight at once: > 1 once the worker agreed to pipeline
+        self.slot = Places(1)  # invariant: slot.free + len(pending) <= depth
+        self.reading = False  # a caller (or the drain task) is reading replies
+        self._draining = False
+        self.failed = trio.Event()  # fail_all() ran: callers of a dead worker can raise
+        # Set (and replaced by None) when the oldest unanswered request may have changed;
+        # exists only while a cancel waits for its request to become the oldest.
+        self._head_moved: trio.Event | None = None
+
+    def negotiated(self, codec: frames.Codec, depth: int) -> None:
+        """The handshake's outcome: the payload codec and how many requests in flight."""
+        assert not self.pending
+        self.codec = codec
+        self.depth = depth
+        self.slot = Places(depth)
+
+    def loads(self, frame: bytes) -> Any:
+        try:
+            return self.codec.loads(frame)
+        except frames.ProtocolError as exc:
+            raise ProtocolError(f"worker {self._worker.id}: {exc}") from exc
+
+    # -- the hot path ----------------------------------------------------------
+
+    async def request(self, kind: str, target: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """Write the request, then read replies until ours has come.
+
+        No scheduling but the wait for the reply: a free place is taken without a yield
+        (so the usability check still holds), and a small frame is one ``os.write``.
+        """
+        worker = self._worker
+        worker._check_usable()
+        slot = self.slot
+        waited = slot.free <= 0
+        if waited:
+            await slot.acquire()
+        else:
+            slot.free -= 1
+        try:
+            if waited:
+                worker._check_usable()  # it may have died while we waited
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            request_id = next(self._ids)
+            if kind == "ping":
+                payload = self.codec.raw_dumps((kind, request_id))
+            else:
+                payload = self.codec.raw_dumps((kind, request_id, target, args))
+            if len(payload) > self._options.max_frame:  # refuse before sending: the worker is unharmed
+                raise self._too_large(kind, len(payload))
+        except BaseException:
+            slot.release()
+            raise
+        waiter = _Pending()
+        self.pending[request_id] = waiter
+        worker._busy()
+        if timeout is None:
+            timeout = self._options.request_timeout
+        written = False
+        try:
+            if timeout is None:
+                await self._send(payload)
+                written = True
+                msg = await self._reply_for(waiter)
+            else:
+                with trio.move_on_after(timeout) as scope:
+                    await self._send(payload)
+                    written = True
+                    msg = await self._reply_for(waiter)
+                if scope.cancelled_caught:
+                    raise self._timed_out(kind, target, timeout)
+        except trio.Cancelled:
+            if written:
+                self._abandon(request_id, waiter)
+            else:
+                self._withdraw(request_id)
+            raise
+        except CHANNEL_ENDED:
+            raise await self._worker_ended(waiter) from None
+        except ProtocolError as exc:
+            worker._kill(exc)
+            raise
+        return self._settle(request_id, msg)
+
+    async def _reply_for(self, waiter: _Pending) -> Any:
+        """Our reply: read it ourselves, or wait while another caller reads it for us."""
+        while waiter.msg is None:
+            if waiter.error is not None:
+                raise EndOfChannel
+            if self.reading:
+                waiter.event = trio.Event()
+                try:
+                    await waiter.event.wait()
+                finally:
+                    waiter.event = None
+                continue
+            self.reading = True
+            try:
+                while waiter.msg is None:
+                    msg = self.loads(await self._next_frame())
+                    if waiter.error is not None:  # the worker failed meanwhile: that is our answer
+                        raise EndOfChannel
+                    self._dispatch(msg)
+            finally:
+                self.reading = False
+                self._pass_reading()
+        return waiter.msg
+
+    def _dispatch(self, msg: Any) -> None:
+        """Give one reply to the request it answers (the worker answers in order)."""
+        try:
+            request_id = msg[1]
+            waiter = self.pending[request_id]
+        except (TypeError, IndexError, KeyError):
+            raise ProtocolError(
+                f"worker {self._worker.id}: a reply to no request in flight: {msg!r:.200}"
+            ) from None
+        waiter.msg = msg
+        if self._head_moved is not None:  # a cancel waits for its request to be the oldest
+            self._moved_head()
+        if waiter.abandoned is not None:
+            waiter.abandoned.set()
+            self._discard(request_id, msg)
+        elif waiter.event is not None:
+            waiter.event.set()
+
+    def _pass_reading(self) -> None:
+        """Reading is free: the oldest caller still waiting for its reply reads on; with
+        only abandoned requests unanswered, the drain task reads their replies."""
+        unanswered = False
+        for waiter in self.pending.values():
+            if waiter.msg is None:
+                if waiter.event is not None:
+                    waiter.event.set()
+                    return
+                unanswered = True
+        if unanswered:
+            self._start_drain()  # a no-op from the drain task itself
+
+    def _settle(self, request_id: int, msg: Any) -> Any:
+        """Turn a reply into a result or an exception; free the place."""
+        self.pending.pop(request_id, None)
+        kind = msg[0]
+        self.slot.release()
+        if not self.pending:
+            self._worker._idle()
+        if kind == "ok" or kind == "pong":
+            self._worker.served += 1
+            return msg[2] if len(msg) > 2 else None
+        if kind == "error":
+            self._worker.served += 1
+            raise remote_error(msg[2] if len(msg) > 2 else None, self.codec.name)
+        if kind == "cancelled":
+            raise RemoteError("KeyboardInterrupt", "the call was interrupted in the worker")
+        error = ProtocolError(f"worker {self._worker.id}: unknown reply kind {kind!r:.50}")
+        self._worker._kill(error)
+        raise error
+
+    def _discard(self, request_id: int, msg: Any) -> None:
+        try:
+            self._settle(request_id, msg)
+        except CorralError:
+            pass  # its caller has left; nobody reads this
+
+    # -- when a request goes wrong -----------------------------------------------
+
+    def _too_large(self, kind: str, size: int) -> ProtocolError:
+        max_frame = self._options.max_frame
+        return ProtocolError(
+            f"worker {self._worker.id}: the {kind} request encodes to {size} bytes, more than "
+            f"max_frame={max_frame}; it was not sent"
+        )
+
+    def _timed_out(self, kind: str, target: Any, timeout: float) -> RequestTimeout:
+        error = RequestTimeout(
+            f"worker {self._worker.id}: {kind} {target if kind == 'call' else ''} took longer than "
+            f"{timeout} s; the worker was killed and will be replaced"
+        )
+        self._worker._kill(error)
+        return error
+
+    async def _worker_ended(self, waiter: _Pending) -> BaseException:
+        """The channel ended under a request: the worker's end is its answer."""
+        self._worker._end(None)
+        with trio.CancelScope(shield=True):
+            await self.failed.wait()
+        assert waiter.error is not None
+        return waiter.error
+
+    def _withdraw(self, request_id: int) -> None:
+        """A request cancelled before any of it was written (a torn frame kills the
+        worker in the channel) leaves the table as if it never came."""
+        if self._worker._ended.is_set() or self.pending.pop(request_id, None) is None:
+            return
+        self.slot.release()
+        self._moved_head()
+        if not self.pending:
+            self._worker._idle()
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every request in flight; free their places so queued callers see the state."""
+        while self.pending:
+            _, waiter = self.pending.popitem()
+            waiter.error = error
+            if waiter.event is not None:
+                waiter.event.set()
+            if waiter.abandoned is not None:
+                waiter.abandoned.set()
+            self.slot.release()
+        assert self.slot.free <= self.depth
+        self._moved_head()
+        self.failed.set()
+
+    # -- cancel ------------------------------------------------------------------
+
+    def _abandon(self, request_id: int, waiter: _Pending) -> None:
+        """The caller was cancelled and returns at once. Its request is interrupted (SIGINT)
+        if it runs, dropped if it still waits in the worker (pipelining); its reply is
+        read and discarded in the background. A running request that does not come back
+        within ``cancel_grace`` costs the worker its life."""
+        worker = self._worker
+        if request_id not in self.pending or worker._proc is None or worker._nursery is None:
+            return
+        waiter.abandoned = trio.Event()
+        if waiter.msg is not None:  # it had already been read for us
+            self._discard(request_id, waiter.msg)
+            return
+        if not self.reading:
+            self._pass_reading()
+        worker._nursery.start_soon(self._cancel, request_id, waiter)
+
+    async def _cancel(self, request_id: int, waiter: _Pending) -> None:
+        if self.depth > 1:
+            # Name it first: the worker's SIGINT handler checks the name. The frame may
+            # wait behind a large request that the worker reads only between requests:
+            # if ours runs meanwhile (it is the oldest unanswered), that costs the worker
+            # its life after cancel_grace, like a running request ignoring its interrupt.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._kill_if_head_too_long, request_id, waiter)
+                try:
+                    await self._send(self.codec.raw_dumps(("cancel", request_id)))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                finally:
+                    nursery.cancel_scope.cancel()
+        # Queued behind others, it is answered "cancelled" without running; but it may
+        # start before the worker reads the cancel: once it is the oldest unanswered
+        # request (the one running, or next), interrupt it.
+        if not await self._until_head(request_id, waiter):
+            return
+        assert self._worker._proc is not None
+        self._worker._proc.signal(signal.SIGINT)
+        await self._kill_unless_settled(request_id, waiter, "of an interrupt")
+
+    async def _kill_if_head_too_long(self, request_id: int, waiter: _Pending) -> None:
+        if await self._until_head(request_id, waiter):
+            await self._kill_unless_settled(request_id, waiter, "of a cancel it could not yet be told about")
+
+    def _unsettled(self, request_id: int, waiter: _Pending) -> bool:
+        """No reply, no failure: what a cancel waits to change (a request leaves the
+        table only settled, once it was written)."""
+        return waiter.msg is None and waiter.error is None and request_id in self.pending
+
+    def _head(self) -> int | None:
+        """The oldest request not answered yet: the one the worker runs, or runs next."""
+        return next((rid for rid, w in self.pending.items() if w.msg is None), None)
+
+    def _moved_head(self) -> None:
+        head_moved = self._head_moved
+        if head_moved is not None:
+            self._head_moved = None
+            head_moved.set()
+
+    async def _until_head(self, request_id: int, waiter: _Pending) -> bool:
+        """Wait until the request is the oldest unanswered one (True), or has settled."""
+        while self._unsettled(request_id, waiter):
+            if self._head() == request_id:
+                return True
+            if self._head_moved is None:
+                self._head_moved = trio.Event()
+            await self._head_moved.wait()
+        return False
+
+    async def _kill_unless_settled(self, request_id: int, waiter: _Pending, after: str) -> None:
+        """Give the abandoned request ``cancel_grace`` to settle; else kill the worker."""
+        assert waiter.abandoned is not None
+        grace = self._options.cancel_grace
+        with trio.move_on_after(grace):
+            await waiter.abandoned.wait()
+        if self._unsettled(request_id, waiter):
+            worker = self._worker
+            why = f"worker {worker.id} did not return within cancel_grace={grace} s {after}; killed"
+            worker._kill(WorkerCrashed(why))
+
+    # -- replies nobody waits for ----------------------------------------------------
+
+    def _start_drain(self) -> None:
+        """Read replies that no caller waits for (their callers were cancelled)."""
+        if self._draining or self.reading or self._worker._nursery is None:
+            return
+        self._draining = True
+        self._worker._nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while not self.reading:
+                outstanding = [w for w in self.pending.values() if w.msg is None]
+                if not outstanding:
+                    return
+                if any(w.abandoned is None for w in outstanding):
+                    self._pass_reading()  # a live caller reads from here on
+                    return
+                self.reading = True
+                try:
+                    self._dispatch(self.loads(await self._next_frame()))
+                finally:
+                    self.reading = False
+        except CHANNEL_ENDED:
+            self._worker._end(None)
+        except ProtocolError as exc:
+            self._worker._kill(exc)
+        finally:
+            self._draining = False
