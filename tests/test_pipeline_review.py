@@ -37,7 +37,7 @@ async def test_a_caller_cancelled_before_its_frame_was_written_spares_the_worker
                 calls.start_soon(c)
             assert got == {"a": 0.5, "b": len(payload), "c": "cancelled"}
             assert await worker.call("getpid") == pid
-            assert worker._slot.free == 4 and not worker._pending
+            assert worker._places.free == 4 and not worker._pending
             worker.stop()
 
 
@@ -186,7 +186,7 @@ async def test_cancellations_at_random_points_leak_no_place() -> None:
             assert len(workers) == 2
             for m, w in zip(members, workers, strict=True):
                 assert w.pid == pool._slots.members[w.id].worker.pid
-                assert w._slot.free == 3, w
+                assert w._places.free == 3, w
                 assert pool._checkout.idle.count(m) == 3, (w, list(pool._checkout.idle))
             waiters = pool._checkout.waiters
             assert not waiters or all(x.event.is_set() for x in waiters)

@@ -101,8 +101,8 @@ class RequestTable:
         "depth",
         "failed",
         "pending",
+        "places",
         "reading",
-        "slot",
     )
 
     def __init__(self, worker: Worker, channel: Channel) -> None:
@@ -115,7 +115,7 @@ class RequestTable:
         self.pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self.depth = 1  # requests in flight at once: > 1 once the worker agreed to pipeline
-        self.slot = Places(1)  # invariant: slot.free + len(pending) <= depth
+        self.places = Places(1)  # invariant: places.free + len(pending) <= depth
         self.reading = False  # a caller (or the drain task) is reading replies
         self._draining = False
         self.failed = trio.Event()  # fail_all() ran: callers of a dead worker can raise
@@ -128,7 +128,7 @@ class RequestTable:
         assert not self.pending
         self.codec = codec
         self.depth = depth
-        self.slot = Places(depth)
+        self.places = Places(depth)
 
     def loads(self, frame: bytes) -> Any:
         try:
@@ -146,12 +146,12 @@ class RequestTable:
         """
         worker = self._worker
         worker._check_usable()
-        slot = self.slot
-        waited = slot.free <= 0
+        places = self.places
+        waited = places.free <= 0
         if waited:
-            await slot.acquire()
+            await places.acquire()
         else:
-            slot.free -= 1
+            places.free -= 1
         try:
             if waited:
                 worker._check_usable()  # it may have died while we waited
@@ -165,7 +165,7 @@ class RequestTable:
             if len(payload) > self._options.max_frame:  # refuse before sending: the worker is unharmed
                 raise self._too_large(kind, len(payload))
         except BaseException:
-            slot.release()
+            places.release()
             raise
         waiter = _Pending()
         self.pending[request_id] = waiter
@@ -257,7 +257,7 @@ class RequestTable:
         """Turn a reply into a result or an exception; free the place."""
         self.pending.pop(request_id, None)
         kind = msg[0]
-        self.slot.release()
+        self.places.release()
         if not self.pending:
             self._worker._idle()
         if kind == "ok" or kind == "pong":
@@ -308,7 +308,7 @@ class RequestTable:
         worker in the channel) leaves the table as if it never came."""
         if self._worker._ended.is_set() or self.pending.pop(request_id, None) is None:
             return
-        self.slot.release()
+        self.places.release()
         self._moved_head()
         if not self.pending:
             self._worker._idle()
@@ -322,8 +322,8 @@ class RequestTable:
                 waiter.event.set()
             if waiter.abandoned is not None:
                 waiter.abandoned.set()
-            self.slot.release()
-        assert self.slot.free <= self.depth
+            self.places.release()
+        assert self.places.free <= self.depth
         self._moved_head()
         self.failed.set()
 

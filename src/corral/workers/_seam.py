@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import attrs
 import trio
 
 from corral.workers._launch import Launcher
@@ -66,4 +65,4 @@ def process_worker(
     launcher: Launcher, options: WorkerOptions, worker_id: str, on_state: StateCallback
 ) -> PoolWorker:
     """The default factory: a real worker process."""
-    return Worker(launcher, worker_id=worker_id, on_state=on_state, **attrs.asdict(options))
+    return Worker.from_options(launcher, options, worker_id=worker_id, on_state=on_state)

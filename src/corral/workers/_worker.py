@@ -230,8 +230,8 @@ class Worker:
         return self._requests.depth
 
     @property
-    def _slot(self) -> Places:  # the places of requests in flight (tests look at them)
-        return self._requests.slot
+    def _places(self) -> Places:  # the places of requests in flight (tests look at them)
+        return self._requests.places
 
     @property
     def _pending(self) -> dict[int, _Pending]:  # the requests in flight (tests look at them)
