@@ -135,7 +135,12 @@ class Worker:
         self.proc.stdin.close()
 
     def wait(self, timeout: float = TIMEOUT) -> int:
-        return self.proc.wait(timeout=timeout)
+        """The exit code, once the process has exited *and* its output is all read
+        (under load the reader threads may lag behind the exit)."""
+        code = self.proc.wait(timeout=timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+        return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -369,6 +369,7 @@ class _Server:
         self.cancelled: set[int] = set()  # ids cancelled before their reply was sent
         self.last_done = 0  # highest id answered: later cancels of it are stale
         self.reading = False  # the serve loop is (about to be) blocked reading requests
+        self.drain_wanted = False  # a SIGINT asked for a drain while the loop was reading
         self.handlers: dict[str, Callable[[Any], None]] = {
             "call": self._on_call,
             "apply": self._on_apply,
@@ -390,10 +391,12 @@ class _Server:
         read = os.read
         while True:
             while not queue:
+                # ``reading`` covers the read *and* the decoding: a SIGINT landing here must
+                # not feed the decoder from its handler (re-entrantly, mid-feed); it asks
+                # for a drain, done below once the decoder is ours again.
+                self.reading = True
                 try:
-                    self.reading = True
                     chunk = read(req_fd, _READ_SIZE)
-                    self.reading = False
                 except OSError as exc:
                     _fatal(_frames.EXIT_PROTOCOL_ERROR, f"cannot read requests: {exc}")
                 if not chunk:
@@ -405,10 +408,12 @@ class _Server:
                 self._enqueue(frames)
                 if not queue:
                     big = decoder.take_big()
-                    if big is not None:
-                        self.reading = True  # the rest of the frame belongs to _read_rest alone
+                    if big is not None:  # the rest of the frame belongs to _read_rest alone
                         queue.append(_read_rest(req_fd, *big))
-                        self.reading = False
+                while self.drain_wanted:  # a SIGINT came while we read: drain for it now
+                    self.drain_wanted = False
+                    self._drain()
+                self.reading = False
             msg = queue.popleft()
             if type(msg) not in (list, tuple):  # a frame not decoded when it was read
                 try:
@@ -456,8 +461,11 @@ class _Server:
             # Between two requests: note a cancel already written, so that the cancelled
             # request queued next is skipped. Not while blocked in read(): the read would
             # resume and wait for more input with requests sitting in the queue.
-            if self.pipeline and not self.reading:
-                self._drain()
+            if self.pipeline:
+                if self.reading:
+                    self.drain_wanted = True  # the serve loop drains once the decoder is free
+                else:
+                    self._drain()
             return
         if self.pipeline:
             # Several requests may be queued: interrupt only the one the parent named
