@@ -147,3 +147,16 @@ def stderr_flood(nbytes: int, newline: bool) -> int:
         view = view[os.write(2, view) :]
     os.write(2, b"\nflood done\n")
     return nbytes
+
+
+def worker_only_object() -> object:
+    """An instance of a class whose module exists only in this worker: it pickles here,
+    and the parent cannot unpickle it."""
+    import types
+
+    module = sys.modules.get("corral_worker_only")
+    if module is None:
+        module = types.ModuleType("corral_worker_only")
+        exec("class Thing:\n    pass\n", module.__dict__)
+        sys.modules["corral_worker_only"] = module
+    return module.Thing()

@@ -379,3 +379,25 @@ async def test_a_command_worker_behind_a_forking_wrapper_serves() -> None:
     with trio.fail_after(20):
         async with open_pool(wrapped, size=1, **FAST) as pool:
             assert await pool.call("echo", 42) == 42
+
+
+@pytest.mark.parametrize("pipeline", [1, 4])
+async def test_a_result_the_parent_cannot_decode_fails_only_its_call(pipeline: int) -> None:
+    with trio.fail_after(20):
+        async with open_pool(FAULTS, size=1, pipeline=pipeline, **FAST) as pool:
+            pid = await pool.call("getpid", session="s")
+            async with trio.open_nursery() as nursery:
+                queued: list[Any] = []
+
+                async def behind() -> None:
+                    queued.append(await pool.call("slow_echo", "queued", 0.2))
+
+                if pipeline > 1:
+                    nursery.start_soon(behind)
+                    await trio.sleep(0.05)
+                with pytest.raises(corral.RemoteError) as info:
+                    await pool.call("worker_only_object", session="s")
+            assert info.value.remote_type == "DecodeError"
+            assert "corral_worker_only" in str(info.value)
+            assert await pool.call("getpid", session="s") == pid  # same worker, session kept
+            assert queued == (["queued"] if pipeline > 1 else [])

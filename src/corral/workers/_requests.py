@@ -134,7 +134,28 @@ class RequestTable:
         try:
             return self.codec.loads(frame)
         except frames.ProtocolError as exc:
+            salvaged = self._salvage(frame, exc)
+            if salvaged is not None:
+                return salvaged
             raise ProtocolError(f"worker {self._worker.id}: {exc}") from exc
+
+    def _salvage(self, frame: bytes, exc: Exception) -> Any:
+        """A pickled reply the parent cannot decode (a class only the worker has): when
+        its request can be told, that one call fails with a DecodeError and the worker
+        keeps serving, as the worker does for a request it cannot decode."""
+        if self.codec.name != "pickle":
+            return None
+        salvaged = frames.salvage_request_id(frame)
+        if salvaged is None or salvaged[1] not in self.pending:
+            return None
+        cause = exc.__cause__ or exc
+        info = {
+            "type": "DecodeError",
+            "message": f"the parent cannot decode the reply: {type(cause).__name__}: {cause} "
+            "(is the class it names importable in the parent?)",
+            "traceback": "",
+        }
+        return ("error", salvaged[1], info)
 
     # -- the hot path ----------------------------------------------------------
 
