@@ -306,11 +306,15 @@ class Pool:
 
     async def _acquire_specific(self, session: Hashable, member: Member, timeout: float | None) -> Member:
         worker = member.worker
-        if worker.available and not worker.alive:
-            # It died and the pool has not noticed yet: unbind now, so it is lost once.
+        idle = member in self._checkout.idle and not member.exclusive
+        if (worker.available or idle) and not (worker.available and worker.alive):
+            # It died, or is being killed (a pipelined worker whose request timed out
+            # still has idle places), and the pool has not noticed yet: unbind now, so
+            # the session is lost once and that worker is never handed out.
+            self._checkout.remove_places(member)
             self._sessions.unbind(session)
             raise SessionLost(f"the worker that held session {session!r} died; its state is gone")
-        if member in self._checkout.idle and not member.exclusive:
+        if idle:
             await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
             self._checkout.take_place_of(member)
             self._sessions.bind(session, member, trio.current_time())
