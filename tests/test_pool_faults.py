@@ -401,3 +401,34 @@ async def test_a_result_the_parent_cannot_decode_fails_only_its_call(pipeline: i
             assert "corral_worker_only" in str(info.value)
             assert await pool.call("getpid", session="s") == pid  # same worker, session kept
             assert queued == (["queued"] if pipeline > 1 else [])
+
+
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_slow_frame_cannot_pin_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header announcing 60 MiB, then a trickle: the parent holds only what arrived,
+    and a frame that stalls is a ProtocolError (the worker is replaced)."""
+    from corral.workers import _channel
+
+    monkeypatch.setattr(_channel, "FRAME_STALL", 1.0)
+    trickle = corral.Command([sys.executable, "tests/trickle_worker.py"])
+    with trio.fail_after(20):
+        async with open_pool(trickle, size=1, **FAST) as pool:
+            before = _rss()
+            grew = 0
+
+            async def watch() -> None:
+                nonlocal grew
+                while True:
+                    grew = max(grew, _rss() - before)
+                    await trio.sleep(0.05)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                with pytest.raises(corral.ProtocolError, match="stalled"):
+                    await pool.call("anything")
+                nursery.cancel_scope.cancel()
+    assert grew < 16 << 20, f"the parent grew by {grew >> 20} MiB"

@@ -135,6 +135,23 @@ class FrameDecoder:
         self._pos = 0
         return frame, have
 
+    def take_partial(self, threshold: int = 1 << 18) -> tuple[int, bytearray] | None:
+        """Like ``take_big``, but allocate nothing ahead: (the frame's size, the bytes
+        received so far). The caller grows its buffer as the rest arrives, so a peer
+        that announces a large frame and then trickles cannot pin that much memory."""
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 4 or self._error is not None:
+            return None
+        n = int.from_bytes(buf[pos : pos + 4], "big")
+        if n < threshold or avail >= 4 + n or n > self.max_frame:
+            return None
+        head = bytearray(buf[pos + 4 :])
+        buf.clear()
+        self._pos = 0
+        return n, head
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self._error is not None:
             raise self._error

@@ -29,6 +29,23 @@ HANDSHAKE_MAX = 1 << 20
 _SMALL = 65536
 
 
+#: A started frame that receives no byte for this long is a broken worker.
+FRAME_STALL = 30.0
+_GROW_MIN = 1 << 20  # a large frame's buffer starts at (at least) 1 MiB, then doubles
+
+
+class _BigFrame:
+    """A large frame being read in place: its size, its buffer, the bytes read so far.
+    A reader cancelled midway leaves it for the next reader."""
+
+    __slots__ = ("buf", "have", "size")
+
+    def __init__(self, size: int, head: bytearray) -> None:
+        self.size = size
+        self.have = len(head)
+        self.buf = head
+
+
 class EndOfChannel(Exception):
     """The worker's end of a pipe is gone: EOF, or a closed or broken fd."""
 
@@ -120,7 +137,7 @@ class Channel:
         # A large frame being read in place: (its buffer, bytes read so far). Invariant:
         # not None only while _frames is empty (the decoder hands over a frame it
         # cannot complete from what it has, and nothing after it).
-        self._big: tuple[bytearray, int] | None = None
+        self._big: _BigFrame | None = None
 
     def lift_handshake_limit(self) -> None:
         """The worker knows ``max_frame`` now: accept frames up to it."""
@@ -179,16 +196,26 @@ class Channel:
                 break
             frames_.extend(self._feed(await _read_when_ready(fd, os.read, fd, 65536)))
             if not frames_:
-                self._big = self._decoder.take_big()
+                partial = self._decoder.take_partial()
+                if partial is not None:
+                    self._big = _BigFrame(*partial)
         return frames_.popleft()
 
-    async def _read_big(self, fd: int, big: tuple[bytearray, int]) -> bytes:
-        frame, have = big
-        size = len(frame)
-        with memoryview(frame) as view:
-            while have < size:
-                self._big = (frame, have)  # a cancelled reader leaves it resumable
-                have += await _read_when_ready(fd, os.readv, fd, [view[have:]])
+    async def _read_big(self, fd: int, big: _BigFrame) -> bytes:
+        """Read the rest of a large frame into its buffer, which grows (doubling) only
+        as bytes arrive; a frame that stalls for ``FRAME_STALL`` seconds is a
+        ``ProtocolError`` (the worker is killed): memory follows what was sent."""
+        frame = big.buf
+        while big.have < big.size:
+            if len(frame) == big.have:  # full: room for as much again, up to the size
+                frame.extend(bytes(min(max(big.have, _GROW_MIN), big.size - big.have)))
+            with trio.move_on_after(FRAME_STALL) as stalled, memoryview(frame) as view:
+                big.have += await _read_when_ready(fd, os.readv, fd, [view[big.have :]])
+            if stalled.cancelled_caught:
+                raise ProtocolError(
+                    f"worker {self.worker_id}: a {big.size}-byte frame stalled for {FRAME_STALL} s "
+                    f"after {big.have} bytes"
+                )
         return frame  # type: ignore[return-value]  # bytearray: every codec reads it as bytes
 
     def _feed(self, data: bytes) -> list[bytes]:

@@ -17,23 +17,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
-_SCRIPT = """\
-import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-groups = set()
-for line in sys.stdin.buffer:
-    pgid = int(line[1:])
-    if line[:1] == b"+":
-        groups.add(pgid)
-    else:
-        groups.discard(pgid)
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
+# POSIX sh, so that it starts in a millisecond: it costs the pool's start-up nothing.
+# Each live group is a variable g_<pgid>; at EOF every one still set is killed.
+_SCRIPT = """
+trap '' INT HUP
+while read -r line; do
+  pgid=${line#?}
+  case $line in
+    +*) eval "g_$pgid=1" ;;
+    -*) unset "g_$pgid" ;;
+  esac
+done
+for pgid in $(set | sed -n 's/^g_\\([0-9][0-9]*\\)=.*/\\1/p'); do
+  kill -s KILL -- "-$pgid" 2>/dev/null
+done
 """
 
 
@@ -45,9 +43,8 @@ class Reaper:
         self._fd: int | None = None
 
     def start(self) -> None:
-        # -S -E: no site, no environment: a few milliseconds, nothing imported.
         self._proc = subprocess.Popen(
-            [sys.executable, "-S", "-E", "-c", _SCRIPT],
+            ["/bin/sh", "-c", _SCRIPT],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             process_group=0,  # a terminal's signals to our group are not for it
