@@ -49,6 +49,7 @@ LINKED_ONLY = (
     "docs/protocol.md",
     "docs/cookbook/index.md",
     "docs/reference.md",
+    "docs/cookbook/web-service.md",  # tests/test_recipe_web_service.py runs it
 )
 SCRIPTS = ("examples.supervision_tree", "examples.pool_quickstart")
 TIMEOUT = 30.0
