@@ -1,12 +1,17 @@
-"""`make demo` runs `corral demo`: it ends by itself, or in order on Ctrl-C, with a summary."""
+"""`make demo` runs `corral demo`: it ends by itself, or in order on Ctrl-C, with a summary
+that lists every fault injected and what the pool did about it."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+
+from corral._demo import _schedule, natural
 
 
 def _demo(*args: str) -> subprocess.Popen[str]:
@@ -20,13 +25,33 @@ def _demo(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_demo_ends_by_itself_with_a_summary() -> None:
-    proc = _demo("--seconds", "3")
+def test_demo_ends_by_itself_with_a_summary_of_every_fault() -> None:
+    proc = _demo("--seconds", "9")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "WorkerCrashed" in out  # the first injected fault
-    assert "summary:" in out and "calls served" in out
+    assert "loading model: warm-up done" in out  # start-up progress, from the workers' own output
     assert "pool closed" in out
+    summary = out[out.index("summary:") :]
+    for fault in _schedule(9):  # each one listed, each one dealt with
+        assert fault.label in summary, (fault.label, summary)
+    assert summary.count("back in service after") == 6, summary
+    assert summary.count("replaced it") == 5 and "interrupted and kept" in summary, summary
+    assert "2 failed starts first" in summary, summary
+    assert "all listed above; every other call was served" in summary, summary
+    # one snapshot for the last lines and the summary: the counts agree
+    [served] = re.findall(r"load stopped: served=(\d+)", out)
+    assert f"calls served      {served}\n" in summary, summary
+
+
+def test_faults_are_spread_over_the_run() -> None:
+    times = [f.at for f in _schedule(20.0)]
+    assert times[0] < 2.0 and times[-1] < 18.0 and times[-1] > 15.0, times
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert max(gaps) - min(gaps) < 1e-9, gaps
+
+
+def test_workers_sort_naturally() -> None:
+    assert sorted(["w10", "w5", "w1", "w20", "w2"], key=natural) == ["w1", "w2", "w5", "w10", "w20"]
 
 
 def test_demo_stops_in_order_on_ctrl_c() -> None:

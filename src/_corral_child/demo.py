@@ -1,13 +1,18 @@
 """Handlers for ``corral demo`` (run inside the workers: standard library only)."""
 
 import os
+import sys
 import time
 
 _counters: dict[str, int] = {}
 
 
 def init() -> None:
-    time.sleep(0.05)  # pretend to load a model
+    """Pretend to load a model, saying how far it got: a worker's output reaches the
+    parent's logging (logger ``corral.worker.<id>``), which is how the demo shows it."""
+    for step in ("weights", "tokenizer", "warm-up"):
+        time.sleep(0.08)
+        print(f"loading model: {step} done", file=sys.stderr, flush=True)
 
 
 def work(ms: float) -> int:

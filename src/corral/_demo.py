@@ -1,168 +1,407 @@
-"""``make demo``: a supervised pool under steady load while faults are injected.
+"""``make demo`` / ``corral demo``: a supervised pool under steady load while faults are injected.
 
-Prints every worker transition and a line of statistics each second; ends by itself.
+The story, in order: three workers start, each reporting its ``init()`` progress through
+its own output (which reaches ``logging``); four callers keep the pool busy; six faults
+are injected, spread evenly over the run; the run ends with a table of every fault: when
+the pool noticed it, when a worker was back in service and which callers saw an error.
+A live view on a terminal when rich (the demo extra) is installed, plain lines otherwise.
+Ctrl-C ends it early, in order, with the same table.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import importlib.util
 import logging
 import os
+import re
 import signal
 import sys
-from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 import corral
 import corral.testing
+from corral.workers._telemetry import CallRecord
 
 HANDLERS = "_corral_child.demo"
+SIZE = 3
+CALLERS = 4
+REQUEST_TIMEOUT = 1.0
+DEFAULT_SECONDS = 20.0  # `corral demo --seconds` defaults to this too
 
 
-class _Printer:
-    """Plain text lines, or the event panel of the live view."""
+def natural(worker_id: str) -> list[tuple[int, int, str]]:
+    """Sort key: w5 before w10."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", worker_id)]
 
-    def __init__(self, live: bool) -> None:
-        self.start = trio.current_time()
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1.0 else f"{seconds:.2f} s"
+
+
+@attrs.define(eq=False)
+class Fault:
+    """One injected fault and what the pool did about it (filled in as events arrive)."""
+
+    label: str
+    at: float  # planned: seconds from the start of the demo
+    inject: Callable[[Demo, Fault], Awaitable[None]]
+    replaced: bool = True  # False: the same worker is expected back (a cancelled call)
+    call: str | None = None  # the handler whose call carries the fault, if any
+    injected: float | None = None  # seconds from the start
+    victim: str | None = None  # the worker that the fault hit
+    known: frozenset[str] = frozenset()  # workers alive when it was injected: a replacement is new
+    errors: collections.Counter[str] = attrs.field(factory=collections.Counter)  # seen by callers
+    note: str = ""
+    cut_short: bool = False
+
+
+class Demo:
+    """The demo's state: what happened when, from the pool's events, calls and logs."""
+
+    def __init__(self, seconds: float, live: bool) -> None:
+        self.t0 = trio.current_time()
+        self.seconds = seconds
         self.live = live
-        self.recent: deque[str] = deque(maxlen=14)
+        self.recent: collections.deque[str] = collections.deque(maxlen=10)
+        self.pool: corral.Pool | None = None
+        self.final: corral.PoolStatistics | None = None  # at the end: the last frame and the summary
+        self.final_workers: list[corral.WorkerInfo] = []
+        self.faults = _schedule(seconds)
+        self.current: Fault | None = None  # the fault being injected now
+        # worker lifecycle, seconds from the start
+        self.failed_at: dict[str, float] = {}
+        self.new_ready: list[tuple[float, str]] = []  # STARTING -> READY
+        self.ready_again: list[tuple[float, str]] = []  # BUSY -> READY
+        self.failed_starts: list[float] = []
+        self.call_errors: list[tuple[str, str]] = []  # (worker id, error) of every failed call
+        self.muted: set[str] = set()  # workers whose further output the demo does not show
 
-    def __call__(self, text: str) -> None:
-        line = f"{trio.current_time() - self.start:6.2f}s  {text}"
+    def now(self) -> float:
+        return trio.current_time() - self.t0
+
+    def say(self, text: str) -> None:
+        line = f"{self.now():6.2f}s  {text}"
         if self.live:
             self.recent.append(line)
         else:
             print(line, flush=True)
 
+    # -- what the pool tells us -------------------------------------------------------
 
-def _render(pool: corral.Pool, say: _Printer, seconds: float) -> Any:
-    """The live view: workers, statistics, recent events (rich is an optional extra)."""
+    def on_worker(self, event: corral.WorkerEvent) -> None:
+        if event.action != "state":
+            return
+        old, _, new = event.detail.partition(" -> ")
+        t = self.now()
+        if new == "READY" and old == "STARTING":
+            self.new_ready.append((t, event.worker_id))
+            self.say(f"    worker {event.worker_id} (pid {event.pid}) READY")
+        elif new == "READY":
+            self.ready_again.append((t, event.worker_id))
+        elif new == "FAILED":
+            self.failed_at.setdefault(event.worker_id, t)
+            self.say(f"    worker {event.worker_id} (pid {event.pid}) {event.detail}")
+
+    def on_call(self, record: CallRecord) -> None:
+        current = self.current
+        if current is not None and current.call == record.name and current.victim is None:
+            current.victim = record.worker_id
+        if record.error is not None and record.error != "Cancelled":
+            self.call_errors.append((record.worker_id, record.error))
+
+    def on_supervisor(self, event: corral.SupervisorEvent) -> None:
+        if isinstance(event, corral.RestartFailed):
+            self.failed_starts.append(self.now())
+            self.say(f"    supervisor: restart of {event.child_id} failed ({event.exception})")
+        elif isinstance(event, corral.ChildRestarting) and event.delay > 0.01:
+            self.say(f"    supervisor: next try of {event.child_id} in {_ms(event.delay)} (backoff)")
+
+    def on_worker_output(self, record: logging.LogRecord) -> None:
+        """A line a worker wrote (``[pid N] text``, logger ``corral.worker.<id>``)."""
+        worker_id = record.name.rsplit(".", 1)[-1]
+        if worker_id in self.muted:
+            return
+        text = record.getMessage()
+        if "Fatal Python error" in text:  # the traceback that follows is in WorkerCrashed.stderr_tail
+            self.muted.add(worker_id)
+        self.say(f"    {worker_id} {text}")
+
+    # -- what a fault came to ---------------------------------------------------------
+
+    def noticed(self, f: Fault) -> float | None:
+        """Seconds from the fault to the pool seeing its worker fail."""
+        if f.injected is None or f.victim is None or f.victim not in self.failed_at:
+            return None
+        return max(0.0, self.failed_at[f.victim] - f.injected)
+
+    def back(self, f: Fault) -> tuple[float, str] | None:
+        """(seconds from the fault, worker id) when a worker was serving in the victim's place."""
+        if f.injected is None or f.victim is None:
+            return None
+        if not f.replaced:
+            for t, wid in self.ready_again:
+                if wid == f.victim and t >= f.injected:
+                    return t - f.injected, wid
+            return None
+        failed = self.failed_at.get(f.victim)
+        if failed is None:
+            return None
+        for t, wid in self.new_ready:
+            if t >= failed and wid not in f.known:
+                return t - f.injected, wid
+        return None
+
+    def callers(self, f: Fault) -> collections.Counter[str]:
+        """The errors callers saw because of this fault: failed calls on its worker, and
+        what the fault's own code saw (a SessionLost)."""
+        seen = collections.Counter(f.errors)
+        seen.update(err for wid, err in self.call_errors if wid == f.victim)
+        return seen
+
+    def starts_failed(self, f: Fault) -> int:
+        back = self.back(f)
+        if f.injected is None:
+            return 0
+        end = f.injected + back[0] if back is not None else self.now()
+        return sum(1 for t in self.failed_starts if f.injected <= t <= end)
+
+    def fault_row(self, f: Fault) -> tuple[str, str, str, str, str]:
+        """(at, fault, noticed after, back in service after, callers with an error)."""
+        if f.injected is None:
+            return ("", f.label, "not reached: the demo ended first", "", "")
+        noticed = self.noticed(f)
+        back = self.back(f)
+        if back is None:
+            service = "not yet" if not f.cut_short else "not before the demo ended"
+        elif f.replaced:
+            failed = self.starts_failed(f)
+            extra = f", {failed} failed starts first" if failed else ""
+            service = f"after {_ms(back[0])} ({back[1]} replaced it{extra})"
+        else:
+            service = f"after {_ms(back[0])} ({back[1]} was interrupted and kept)"
+        seen = self.callers(f)
+        who = ", ".join(f"{n} {err}" for err, n in sorted(seen.items())) if seen else "none"
+        return (
+            f"{f.injected:.1f}s",
+            f"{f.label}" + (f" ({f.victim})" if f.victim else ""),
+            f"after {_ms(noticed)}"
+            if noticed is not None
+            else ("no worker died" if not f.replaced else "not yet"),
+            service,
+            who,
+        )
+
+    # -- the faults -------------------------------------------------------------------
+
+    async def run_faults(self) -> None:
+        for f in self.faults:
+            await trio.sleep_until(self.t0 + f.at)
+            assert self.pool is not None
+            self.current = f
+            f.known = frozenset(w.id for w in self.pool.workers())
+            f.injected = self.now()
+            self.say(f">>> fault: {f.label}")
+            try:
+                await f.inject(self, f)
+            finally:
+                if self.back(f) is None:
+                    f.cut_short = True
+                self.current = None
+
+    async def fault_call(self, f: Fault) -> None:
+        assert self.pool is not None and f.call is not None
+        try:
+            await self.pool.call(f.call)
+        except corral.CorralError as exc:
+            self.say(f"<<< the caller got {type(exc).__name__}: {str(exc).splitlines()[0]}")
+        await self.settle(f)
+
+    async def settle(self, f: Fault) -> None:
+        """Wait (bounded) for a worker to be back in service, so the table can say when."""
+        with trio.move_on_after(5.0):
+            while self.back(f) is None:
+                await trio.sleep(0.01)
+
+
+async def _exit(demo: Demo, f: Fault) -> None:
+    await demo.fault_call(f)
+
+
+async def _session_kill(demo: Demo, f: Fault) -> None:
+    pool = demo.pool
+    assert pool is not None
+    for _ in range(3):
+        n = await pool.call("count", "alice", session="alice")
+    pid = await pool.call("pid", session="alice")
+    [f.victim] = [w.id for w in pool.workers() if w.pid == pid]
+    demo.say(f"    session 'alice' counted to {n} on {f.victim}; SIGKILL to its pid {pid}")
+    f.known = frozenset(w.id for w in pool.workers())
+    f.injected = demo.now()
+    os.kill(pid, signal.SIGKILL)
+    await demo.settle(f)
+    try:
+        await pool.call("count", "alice", session="alice")
+    except corral.SessionLost as exc:
+        f.errors["SessionLost"] += 1
+        f.note = "SessionLost once; the next call rebound it"
+        demo.say(f"<<< alice's next call got SessionLost: {str(exc).splitlines()[0]}")
+    n = await pool.call("count", "alice", session="alice")
+    demo.say(f"    session 'alice' rebound to a fresh worker: count={n}")
+
+
+async def _failing_restarts(demo: Demo, f: Fault) -> None:
+    pool = demo.pool
+    assert pool is not None
+    corral.testing.fail_next_start(pool, error=RuntimeError("model file missing"), times=2)
+    f.victim = corral.testing.kill_worker(pool).id
+    await demo.settle(f)
+
+
+async def _cancel(demo: Demo, f: Fault) -> None:
+    pool = demo.pool
+    assert pool is not None
+    async with pool.checkout() as worker:
+        f.victim = worker.id
+        with trio.move_on_after(0.3) as scope:
+            await worker.call("work", 2000)
+        f.injected = scope.deadline - demo.t0  # the moment the caller gave up
+        demo.say(f"<<< the cancelled call returned after {_ms(demo.now() - f.injected)}")
+    await demo.settle(f)
+    f.note = "the caller that gave up returned at once"
+
+
+def _schedule(seconds: float) -> list[Fault]:
+    """Six faults, evenly spread; the run ends with a quiet stretch at full strength."""
+    plan = [
+        Fault("a handler calls os._exit(13)", 0, _exit, call="crash"),
+        Fault("a handler segfaults", 0, _exit, call="segfault"),
+        Fault(f"a handler hangs past request_timeout={REQUEST_TIMEOUT:g}s", 0, _exit, call="hang"),
+        Fault("a session's worker is SIGKILLed from outside", 0, _session_kill),
+        Fault("a worker is killed and its next 2 starts fail", 0, _failing_restarts),
+        Fault("a caller gives up (cancelled) mid-call", 0, _cancel, replaced=False),
+    ]
+    for k, f in enumerate(plan):
+        f.at = seconds * (k + 0.5) / (len(plan) + 0.5)
+    return plan
+
+
+async def _load(pool: corral.Pool, stop: trio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await pool.call("work", 5)
+        except corral.CorralError:
+            pass  # the demo counts every failed call through pool.observe_calls
+
+
+def _render(demo: Demo) -> Any:
+    """The live view: statistics and workers side by side, every fault, recent events."""
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
-    colors = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "FAILED": "red", "STOPPING": "magenta"}
-    workers = Table(title="workers", expand=True)
-    for col in ("id", "pid", "state", "served"):
-        workers.add_column(col)
-    for w in sorted(pool.workers(), key=lambda w: w.id):
-        color = colors.get(w.state.name, "white")
-        workers.add_row(w.id, str(w.pid), f"[{color}]{w.state.name}[/]", str(w.served))
-    st = pool.statistics()
+    pool = demo.pool
     stats = Table.grid(padding=(0, 2))
-    p50 = f"{st.latency_p50 * 1000:.2f} ms" if st.latency_p50 is not None else "-"
-    p99 = f"{st.latency_p99 * 1000:.2f} ms" if st.latency_p99 is not None else "-"
-    elapsed = trio.current_time() - say.start
-    for key, value in (
-        ("elapsed", f"{elapsed:.1f} / {seconds:.0f} s"),
-        ("served", str(st.served)),
-        ("failed", str(st.failed)),
-        ("latency p50 / p99", f"{p50} / {p99}"),
-        ("waiting callers", str(st.waiting)),
-        ("restarts", str(st.restarts)),
-        ("circuit", st.circuit),
-    ):
-        stats.add_row(f"[bold]{key}[/]", value)
-    events = "\n".join(say.recent) or "(waiting for events)"
+    stats.add_row("[bold]elapsed[/]", f"{demo.now():.1f} / {demo.seconds:.0f} s")
+    workers = Table(expand=True, box=None)
+    for col in ("worker", "pid", "state", "served"):
+        workers.add_column(col)
+    if pool is not None:
+        st = demo.final or pool.statistics()
+        p50 = _ms(st.latency_p50) if st.latency_p50 is not None else "-"
+        p99 = _ms(st.latency_p99) if st.latency_p99 is not None else "-"
+        for key, value in (
+            ("calls served", str(st.served)),
+            ("calls failed", str(st.failed)),
+            ("latency p50 / p99", f"{p50} / {p99}"),
+            ("waiting callers", str(st.waiting)),
+            ("worker restarts", str(st.restarts)),
+        ):
+            stats.add_row(f"[bold]{key}[/]", value)
+        colors = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "FAILED": "red"}
+        for w in sorted(demo.final_workers or pool.workers(), key=lambda w: natural(w.id)):
+            color = colors.get(w.state.name, "magenta")
+            workers.add_row(w.id, str(w.pid), f"[{color}]{w.state.name}[/]", str(w.served))
+    else:
+        stats.add_row("[bold]pool[/]", f"starting {SIZE} workers")
+    top = Table.grid(expand=True, padding=(0, 1))
+    top.add_column(ratio=1)
+    top.add_column(ratio=1)
+    top.add_row(Panel(stats, title="the pool"), Panel(workers, title="workers"))
+    faults = Table(title="faults injected, and what the pool did", expand=True)
+    for col in ("at", "fault (its worker)", "noticed", "back in service", "callers with an error"):
+        faults.add_column(col)
+    for f in demo.faults:
+        if f.injected is None:
+            faults.add_row(f"{f.at:.1f}s", Text(f.label, style="dim"), Text("upcoming", style="dim"), "", "")
+        else:
+            faults.add_row(*(Text(cell) for cell in demo.fault_row(f)))
+    events = Text("\n".join(demo.recent) or "(waiting for events)")
     return Group(
-        Panel(stats, title="corral demo: a supervised pool under load, faults injected"),
-        workers,
+        Text("corral demo: a supervised pool under load while faults are injected", style="bold"),
+        top,
+        faults,
         Panel(events, title="what happens"),
     )
 
 
-async def _load(pool: corral.Pool, tally: dict[str, int], stop: trio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await pool.call("work", 5)
-            tally["ok"] += 1
-        except corral.CorralError as exc:
-            tally[type(exc).__name__] = tally.get(type(exc).__name__, 0) + 1
+def _summary(demo: Demo, interrupted: bool) -> None:
+    st = demo.final
+    print()
+    ended = "stopped by Ctrl-C" if interrupted else "ended"
+    print(f"summary: the demo {ended} after {demo.now():.1f} s; a pool of {SIZE} workers, {CALLERS} callers")
+    if st is None:
+        print("  the pool never opened")
+        return
+    print(f"  calls served      {st.served}")
+    print(f"  calls failed      {st.failed}")
+    print(f"  worker restarts   {st.restarts}")
+    if st.latency_p50 is not None and st.latency_p99 is not None:
+        print(f"  latency p50/p99   {_ms(st.latency_p50)} / {_ms(st.latency_p99)}")
+    print()
+    print("  every fault injected, and what the pool did about it:")
+    for f in demo.faults:
+        at, label, noticed, service, callers = demo.fault_row(f)
+        if f.injected is None:
+            print(f"  {'':6}  {label}: {noticed}")
+            continue
+        print(f"  {at:>6}  {label}")
+        noticed = f"noticed {noticed}" if noticed.startswith("after") else noticed
+        print(f"  {'':6}    {noticed}; back in service {service}")
+        print(f"  {'':6}    callers with an error: {callers}" + (f" ({f.note})" if f.note else ""))
+    attributed = sum(sum(demo.callers(f).values()) for f in demo.faults if f.injected is not None)
+    failed_calls = len(demo.call_errors)  # the same count as st.failed
+    before_a_call = sum(f.errors.total() for f in demo.faults)  # SessionLost: raised before a call
+    seen = failed_calls + before_a_call
+    why = f"{failed_calls} failed calls, {before_a_call} SessionLost" if before_a_call else "failed calls"
+    print()
+    if attributed == seen:
+        print(f"  {seen} callers saw an error ({why}), all listed above; every other call was served.")
+    else:
+        print(f"  {seen} callers saw an error ({why}); {seen - attributed} of them are not listed above.")
 
 
-async def _faults(pool: corral.Pool, say: _Printer) -> None:
-    async def expect(label: str, call: str, *args: object, **kw: object) -> None:
-        say(f">>> fault: {label}")
-        try:
-            await pool.call(call, *args, **kw)  # type: ignore[arg-type]
-        except corral.CorralError as exc:
-            first = str(exc).splitlines()[0]
-            say(f"<<< {type(exc).__name__}: {first}")
+async def _main(seconds: float, live: bool) -> bool:
+    demo = Demo(seconds, live)
+    interrupted = trio.Event()
+    worker_output = _CallbackHandler(demo.on_worker_output)
+    worker_logger = logging.getLogger("corral.worker")
+    worker_logger.setLevel(logging.INFO)
+    worker_logger.addHandler(worker_output)
+    with contextlib.ExitStack() as stack:
+        stack.callback(worker_logger.removeHandler, worker_output)
+        view = None
+        if live:
+            from rich.live import Live
 
-    await trio.sleep(1.5)
-    await expect("a handler calls os._exit(13)", "crash")
-    await trio.sleep(1.5)
-    await expect("a handler segfaults", "segfault")
-    await trio.sleep(1.5)
-    await expect("a handler hangs past request_timeout=1s", "hang")
-    await trio.sleep(1.0)
-    say(">>> fault: a session's worker is SIGKILLed from outside")
-    for _ in range(3):
-        n = await pool.call("count", "alice", session="alice")
-    say(f"    session 'alice' counted to {n} on its worker")
-    victim = await pool.call("pid", session="alice")
-    os.kill(victim, signal.SIGKILL)
-    await trio.sleep(0.2)
-    try:
-        await pool.call("count", "alice", session="alice")
-    except corral.SessionLost as exc:
-        say(f"<<< SessionLost: {str(exc).splitlines()[0]}")
-    n = await pool.call("count", "alice", session="alice")
-    say(f"    session 'alice' rebound to a fresh worker: count={n}")
-    await trio.sleep(1.0)
-    say(">>> fault: a caller gives up (cancelled) in the middle of a long call")
-    with trio.move_on_after(0.2):
-        await pool.call("work", 2000)
-    say("<<< the cancelled call returned at once; its worker was interrupted and is READY again")
-    await trio.sleep(1.0)
-    say(">>> fault: a worker dies and its replacement's init fails twice (backoff, then recovery)")
-    corral.testing.fail_next_start(pool, error=RuntimeError("model file missing"), times=2)
-    corral.testing.kill_worker(pool)
-
-
-async def _main(seconds: float, live: bool) -> None:
-    say = _Printer(live)
-    say(f"corral demo: a pool of 3 workers under load for {seconds:.0f} s while faults are injected")
-    tally = {"ok": 0}
-    async with corral.open_pool(HANDLERS, size=3, request_timeout=1.0, name="demo") as pool:
-        say(f"pool open: {[(w.id, w.pid) for w in pool.workers()]}")
-
-        def on_worker(event: corral.WorkerEvent) -> None:
-            if event.action == "state" and event.state.name in ("READY", "FAILED", "STARTING"):
-                if event.detail.startswith("BUSY"):
-                    return
-                say(f"    worker {event.worker_id} (pid {event.pid}) {event.detail}")
-
-        def on_supervisor(event: corral.SupervisorEvent) -> None:
-            if isinstance(event, corral.ChildExited) and event.exit.abnormal:
-                say(f"    supervisor: {event.child_id} exited abnormally, restarting")
-            elif isinstance(event, corral.RestartFailed):
-                say(f"    supervisor: restart of {event.child_id} failed ({event.exception}); backing off")
-            elif isinstance(event, corral.ChildRestarting) and event.delay > 0.01:
-                say(f"    supervisor: next try of {event.child_id} in {event.delay * 1000:.0f} ms")
-
-        pool.subscribe(on_worker)
-        pool.supervisor.subscribe(on_supervisor)
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(_load, pool, tally, stop)
-            nursery.start_soon(_faults, pool, say)
-
-            async def stats() -> None:
-                while True:
-                    await trio.sleep(1.0)
-                    st = pool.statistics()
-                    p50 = f"{st.latency_p50 * 1000:.1f}ms" if st.latency_p50 else "-"
-                    states = " ".join(f"{k.lower()}={v}" for k, v in st.workers_by_state.items() if v)
-                    say(
-                        f"[stats] served={st.served} failed={st.failed} p50={p50} {states} "
-                        f"restarts={st.restarts} circuit={st.circuit}"
-                    )
-
-            interrupted = trio.Event()
+            view = stack.enter_context(Live(_render(demo), refresh_per_second=8, transient=False))
+        async with trio.open_nursery() as outer:
 
             async def ctrl_c() -> None:
                 # Ctrl-C ends the demo early but in order: same shutdown, same summary.
@@ -171,37 +410,68 @@ async def _main(seconds: float, live: bool) -> None:
                         interrupted.set()
                         return
 
-            nursery.start_soon(ctrl_c)
-            with trio.move_on_after(seconds):
-                if live:
-                    from rich.live import Live
+            outer.start_soon(ctrl_c)
+            if view is not None:
+                outer.start_soon(_refresh, view, demo)
+            demo.say(f"corral demo: a pool of {SIZE} workers under load for {seconds:.0f} s, six faults")
+            async with corral.open_pool(
+                HANDLERS, size=SIZE, request_timeout=REQUEST_TIMEOUT, name="demo", on_event=demo.on_worker
+            ) as pool:
+                demo.pool = pool
+                demo.say(f"pool open: {SIZE} workers READY; {CALLERS} callers start a steady load")
+                pool.observe_calls(demo.on_call)
+                pool.supervisor.subscribe(demo.on_supervisor)
+                stop = trio.Event()
+                async with trio.open_nursery() as load:
+                    for _ in range(CALLERS):
+                        load.start_soon(_load, pool, stop)
+                    async with trio.open_nursery() as story:
+                        story.start_soon(demo.run_faults)
+                        if view is None:
+                            story.start_soon(_print_stats, demo)
+                        with trio.move_on_at(demo.t0 + seconds):
+                            await interrupted.wait()
+                        if interrupted.is_set():
+                            demo.say("Ctrl-C: stopping the load and closing the pool in order")
+                        story.cancel_scope.cancel()
+                    stop.set()  # each caller finishes its call in flight, then stops
+                st = demo.final = pool.statistics()  # the last frame and the summary show this one
+                demo.final_workers = pool.workers()
+                demo.say(f"load stopped: served={st.served} failed={st.failed}; closing the pool")
+            demo.say("pool closed: every worker stopped, no process left behind")
+            if view is not None:
+                view.update(_render(demo))
+            outer.cancel_scope.cancel()
+    _summary(demo, interrupted.is_set())
+    return interrupted.is_set()
 
-                    with Live(_render(pool, say, seconds), refresh_per_second=8, transient=False) as view:
-                        while not interrupted.is_set():
-                            with trio.move_on_after(0.125):
-                                await interrupted.wait()
-                            view.update(_render(pool, say, seconds))
-                else:
-                    nursery.start_soon(stats)
-                    await interrupted.wait()
-            if interrupted.is_set():
-                say("Ctrl-C: stopping the load and closing the pool in order")
-            stop.set()
-            nursery.cancel_scope.cancel()
-        st = pool.statistics()
-    say("pool closed: every worker stopped, no process left behind")
-    print()
-    print("summary:")
-    print(f"  calls served      {st.served}")
-    load = ", ".join(f"{k}={v}" for k, v in sorted(tally.items()))
-    print(f"  calls failed      {st.failed}  (the injected faults, and calls caught on a killed worker)")
-    print(f"  steady load saw   {load}")
-    print(f"  worker restarts   {st.restarts}")
-    if st.latency_p50 is not None and st.latency_p99 is not None:
-        print(f"  latency p50/p99   {st.latency_p50 * 1000:.1f} / {st.latency_p99 * 1000:.1f} ms")
+
+async def _refresh(view: Any, demo: Demo) -> None:
+    while True:
+        view.update(_render(demo))
+        await trio.sleep(0.125)
 
 
-def run_demo(seconds: float = 20.0, *, live: bool | None = None) -> int:
+async def _print_stats(demo: Demo) -> None:
+    while True:
+        await trio.sleep(1.0)
+        assert demo.pool is not None
+        st = demo.pool.statistics()
+        p50 = _ms(st.latency_p50) if st.latency_p50 else "-"
+        states = " ".join(f"{k.lower()}={v}" for k, v in st.workers_by_state.items() if v)
+        demo.say(f"[stats] served={st.served} failed={st.failed} p50={p50} {states} restarts={st.restarts}")
+
+
+class _CallbackHandler(logging.Handler):
+    def __init__(self, callback: Callable[[logging.LogRecord], None]) -> None:
+        super().__init__(logging.INFO)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.callback(record)
+
+
+def run_demo(seconds: float = DEFAULT_SECONDS, *, live: bool | None = None) -> int:
     """Ends by itself after ``seconds``, or cleanly on Ctrl-C with the summary."""
     logging.getLogger("corral").setLevel(logging.CRITICAL)  # we print what matters ourselves
     if live is None:

@@ -491,6 +491,9 @@ async def open_pool(handlers: str | Command | PythonModule | None, **options: An
     except BaseExceptionGroup as group:
         reraise(collapse(group))
     finally:
+        was_open = pool._open
         pool._slots.closed = True
         pool._open = False
         pool._slots.reaper.close()
+        if was_open:
+            logger.info("[%s] closed (it was open %.3f s)", pool.name, time.monotonic() - started_at)
