@@ -62,3 +62,8 @@ def read_stdin() -> str:
 
 def big(n: int) -> bytes:
     return b"x" * n
+
+
+def many_empty_lists(n: int) -> "list[list[int]]":
+    """A small frame that decodes into many objects (JSON: 3 bytes per list)."""
+    return [[] for _ in range(n)]

@@ -38,3 +38,26 @@ async def test_a_python_pool_speaks_json_when_asked() -> None:
 def test_codec_is_validated() -> None:
     with pytest.raises(corral.InvalidSpec, match="codec"):
         corral.Pool("tests.handlers_basic", codec="yaml")
+
+
+async def test_a_large_reply_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """8 MiB of JSON empty lists is ~2.8M objects: decoded in a thread, so the event
+    loop keeps running (max_frame bounds the bytes, not what they decode into)."""
+    import threading
+
+    from _corral_child import _frames
+
+    threads: list[str] = []
+    real_loads = _frames.Codec.loads
+
+    def spy(self: _frames.Codec, data: bytes) -> object:
+        if len(data) > 1 << 20:
+            threads.append(threading.current_thread().name)
+        return real_loads(self, data)
+
+    monkeypatch.setattr(_frames.Codec, "loads", spy)
+    with trio.fail_after(60):
+        async with corral.open_pool("tests.handlers_basic", size=1, codec="json") as pool:
+            result = await pool.call("many_empty_lists", 2_800_000)
+    assert len(result) == 2_800_000
+    assert threads and all(name != threading.main_thread().name for name in threads), threads

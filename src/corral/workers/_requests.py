@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from corral.workers._worker import Worker
 
 
+#: Replies at least this large are decoded off the event loop (``loads_off_loop``).
+BIG_DECODE = 1 << 20
+
+
 class _Pending:
     """A request in flight: its reply once read (by whichever caller is reading), or
     the error if the worker dies first."""
@@ -139,6 +143,12 @@ class RequestTable:
                 return salvaged
             raise ProtocolError(f"worker {self._worker.id}: {exc}") from exc
 
+    async def loads_off_loop(self, frame: bytes) -> Any:
+        """Decode a large reply in a thread: a frame of ``max_frame`` bytes can decode
+        into millions of objects (seconds of CPU) that must not stall the event loop.
+        Not abandoned on cancel: the reply is needed by whoever reads next."""
+        return await trio.to_thread.run_sync(self.loads, frame)
+
     def _salvage(self, frame: bytes, exc: Exception) -> Any:
         """A pickled reply the parent cannot decode (a class only the worker has): when
         its request can be told, that one call fails with a DecodeError and the worker
@@ -234,7 +244,8 @@ class RequestTable:
             self.reading = True
             try:
                 while waiter.msg is None:
-                    msg = self.loads(await self._next_frame())
+                    frame = await self._next_frame()
+                    msg = self.loads(frame) if len(frame) < BIG_DECODE else await self.loads_off_loop(frame)
                     if waiter.error is not None:  # the worker failed meanwhile: that is our answer
                         raise EndOfChannel
                     self._dispatch(msg)
@@ -449,7 +460,9 @@ class RequestTable:
                     return
                 self.reading = True
                 try:
-                    self._dispatch(self.loads(await self._next_frame()))
+                    frame = await self._next_frame()
+                    small = len(frame) < BIG_DECODE
+                    self._dispatch(self.loads(frame) if small else await self.loads_off_loop(frame))
                 finally:
                     self.reading = False
         except CHANNEL_ENDED:
