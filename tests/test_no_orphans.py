@@ -42,7 +42,12 @@ trio.run(main)
 
 @pytest.mark.parametrize("busy", [True, False], ids=["busy", "idle"])
 async def test_workers_die_with_a_sigkilled_parent(busy: bool) -> None:
-    script = PARENT_SCRIPT.format(root=str(ROOT), busy=busy)
+    await _sigkill_parent_and_check(PARENT_SCRIPT.format(root=str(ROOT), busy=busy), expect=2)
+
+
+async def _sigkill_parent_and_check(script: str, *, expect: int) -> None:
+    """Run ``script`` (a parent that prints the pids to watch), SIGKILL it, and check
+    that every pid it printed is gone within 2 s."""
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
     )
@@ -52,7 +57,7 @@ async def test_workers_die_with_a_sigkilled_parent(busy: bool) -> None:
         with trio.fail_after(20):
             line = await read_line(proc.stdout)
         pids = [int(p) for p in line.split()]
-        assert len(pids) == 2 and all(alive(p) for p in pids)
+        assert len(pids) == expect and all(alive(p) for p in pids)
         assert set(pids) <= set(our_processes(proc.pid))
         os.kill(proc.pid, signal.SIGKILL)
         with trio.fail_after(5):
@@ -136,26 +141,4 @@ trio.run(main)
 async def test_handlers_children_die_with_a_sigkilled_parent(method: str) -> None:
     """What a handler started (its process group) is gone within 2 s of the parent's
     SIGKILL, with both start methods (the pool's reaper kills the groups)."""
-    script = GRANDCHILD_SCRIPT.format(root=str(ROOT), method=method)
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
-    )
-    assert proc.stdout is not None
-    pids: list[int] = []
-    try:
-        with trio.fail_after(20):
-            line = await read_line(proc.stdout)
-        pids = [int(p) for p in line.split()]
-        assert len(pids) == 4 and all(alive(p) for p in pids)
-        os.kill(proc.pid, signal.SIGKILL)
-        with trio.fail_after(5):
-            await proc.wait()
-        assert await wait_gone(pids, timeout=2.0) == []
-    finally:
-        with trio.CancelScope(shield=True):
-            proc.kill()
-            await proc.wait()
-            await proc.stdout.aclose()
-            for pid in pids:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+    await _sigkill_parent_and_check(GRANDCHILD_SCRIPT.format(root=str(ROOT), method=method), expect=4)

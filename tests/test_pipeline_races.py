@@ -1,4 +1,4 @@
-"""Review of pipelining: races between callers, cancellation, recycling and the pool."""
+"""Pipelining under races: callers, cancellation at every point, recycling and the pool."""
 
 from __future__ import annotations
 
