@@ -120,6 +120,20 @@ class FrameDecoder:
         copy from the kernel instead of buffering, joining and slicing. None when the
         buffer holds no incomplete frame of at least ``threshold`` bytes.
         """
+        n = self._big_length(threshold)
+        if n is None:
+            return None
+        buf = self._buf
+        frame = bytearray(n)
+        have = len(buf) - self._pos - 4
+        frame[:have] = buf[self._pos + 4 :]
+        buf.clear()
+        self._pos = 0
+        return frame, have
+
+    def _big_length(self, threshold: int) -> int | None:
+        """The length of the incomplete frame at the head of the buffer, if it is one of
+        at least ``threshold`` bytes (and within ``max_frame``)."""
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -128,27 +142,17 @@ class FrameDecoder:
         n = int.from_bytes(buf[pos : pos + 4], "big")
         if n < threshold or avail >= 4 + n or n > self.max_frame:
             return None
-        frame = bytearray(n)
-        have = avail - 4
-        frame[:have] = buf[pos + 4 :]
-        buf.clear()
-        self._pos = 0
-        return frame, have
+        return n
 
     def take_partial(self, threshold: int = 1 << 18) -> tuple[int, bytearray] | None:
         """Like ``take_big``, but allocate nothing ahead: (the frame's size, the bytes
         received so far). The caller grows its buffer as the rest arrives, so a peer
         that announces a large frame and then trickles cannot pin that much memory."""
-        buf = self._buf
-        pos = self._pos
-        avail = len(buf) - pos
-        if avail < 4 or self._error is not None:
+        n = self._big_length(threshold)
+        if n is None:
             return None
-        n = int.from_bytes(buf[pos : pos + 4], "big")
-        if n < threshold or avail >= 4 + n or n > self.max_frame:
-            return None
-        head = bytearray(buf[pos + 4 :])
-        buf.clear()
+        head = bytearray(self._buf[self._pos + 4 :])
+        self._buf.clear()
         self._pos = 0
         return n, head
 
