@@ -350,3 +350,14 @@ async def test_a_slot_whose_restarts_keep_failing_is_counted(autojump_clock: Moc
         script.start_error = None
         await trio.sleep(1)
         assert pool.statistics().workers_by_state["READY"] == 1
+
+
+async def test_a_slot_restarting_into_a_starting_worker_is_counted_once(autojump_clock: MockClock) -> None:
+    script = Script(start_delay=1.0)
+    async with fake_pool(script, size=2) as pool:
+        script.made[0].crash()
+        await trio.sleep(0.5)  # its replacement is STARTING (1 s), the slot RESTARTING
+        stats = pool.statistics()
+        assert stats.workers_by_state["STARTING"] == 1
+        assert stats.workers_by_state["RESTARTING"] == 0
+        assert sum(stats.workers_by_state.values()) == 2

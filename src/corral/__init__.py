@@ -50,6 +50,7 @@ from corral.supervisor import (
 )
 from corral.workers import (
     SSH,
+    CallRecord,
     CircuitBreaker,
     CircuitState,
     Command,
@@ -75,6 +76,7 @@ __all__ = [
     "AutoShutdown",
     "AutoShutdownTriggered",
     "Backoff",
+    "CallRecord",
     "CheckoutTimeout",
     "ChildContext",
     "ChildCounts",

@@ -8,12 +8,13 @@ docs/internals.md has the map.
 
 from corral.workers._circuit import CircuitBreaker, CircuitState
 from corral.workers._launch import Command, PythonModule
-from corral.workers._pool import Lease, Pool, PoolStatistics, WorkerEvent, open_pool
+from corral.workers._pool import CallRecord, Lease, Pool, PoolStatistics, WorkerEvent, open_pool
 from corral.workers._remote import SSH
 from corral.workers._worker import InitTimeout, Worker, WorkerInfo, WorkerState
 
 __all__ = [
     "SSH",
+    "CallRecord",
     "CircuitBreaker",
     "CircuitState",
     "Command",

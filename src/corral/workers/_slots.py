@@ -155,8 +155,11 @@ class Slots:
             self.telemetry.restart_attempts += 1
 
     def restarting(self) -> int:
-        """Slots whose worker died and whose restart is pending (backing off, or failing)."""
-        return sum(1 for info in self.sup.which_children() if info.state is ChildState.RESTARTING)
+        """Slots whose worker died and whose restart is pending (backing off, or failing);
+        a slot whose new worker is already STARTING counts as that worker, not twice."""
+        live = {member.slot for member in self.members.values()}
+        children = self.sup.which_children()
+        return sum(1 for info in children if info.state is ChildState.RESTARTING and info.id not in live)
 
     def _on_state(self, worker: PoolWorker, old: WorkerState, new: WorkerState) -> None:
         telemetry = self.telemetry
