@@ -31,7 +31,7 @@ _SMALL = 65536
 
 #: A started frame that receives no byte for this long is a broken worker.
 FRAME_STALL = 30.0
-_GROW_MIN = 1 << 20  # a large frame's buffer starts at (at least) 1 MiB, then doubles
+_GROW_MIN = 4 << 20  # a large frame's buffer starts at (at most) 4 MiB, then doubles
 
 
 class _BigFrame:
@@ -43,7 +43,10 @@ class _BigFrame:
     def __init__(self, size: int, head: bytearray) -> None:
         self.size = size
         self.have = len(head)
-        self.buf = head
+        # Sized at once up to _GROW_MIN (the common large frame: one allocation, no
+        # copy later); beyond it, the buffer doubles only as bytes arrive.
+        self.buf = bytearray(min(size, max(self.have, _GROW_MIN)))
+        self.buf[: self.have] = head
 
 
 class EndOfChannel(Exception):
