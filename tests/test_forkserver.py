@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -102,16 +104,24 @@ async def test_a_template_killed_while_it_imports_never_wedges_the_pool() -> Non
             assert third not in (first, second)
 
 
+@asynccontextmanager
+async def _stopped_template() -> AsyncIterator[tuple[corral.Pool, int]]:
+    """A forkserver pool whose template is SIGSTOPped while its one worker is killed:
+    the restart needs a template that does not answer. Yields (pool, old template)."""
+    async with corral.open_pool(
+        "tests.handlers_fork", size=1, start_method="forkserver", init_timeout=2.0
+    ) as pool:
+        worker, template, _ = await pool.call("ids")
+        os.kill(template, signal.SIGSTOP)
+        os.kill(worker, signal.SIGKILL)
+        yield pool, template
+
+
 async def test_a_stopped_template_is_killed_and_replaced() -> None:
     """A SIGSTOPped template does not answer a fork: after init_timeout it is killed
     and replaced, and the worker that needed it starts from the new one."""
     with trio.fail_after(40):
-        async with corral.open_pool(
-            "tests.handlers_fork", size=1, start_method="forkserver", init_timeout=2.0
-        ) as pool:
-            worker, template, _ = await pool.call("ids")
-            os.kill(template, signal.SIGSTOP)
-            os.kill(worker, signal.SIGKILL)
+        async with _stopped_template() as (pool, template):
             with trio.fail_after(20):
                 new_template = await _serves(pool)
             assert new_template != template
@@ -119,10 +129,5 @@ async def test_a_stopped_template_is_killed_and_replaced() -> None:
 
 async def test_leaving_the_pool_while_the_template_is_stopped_returns() -> None:
     with trio.fail_after(20):
-        async with corral.open_pool(
-            "tests.handlers_fork", size=1, start_method="forkserver", init_timeout=2.0
-        ) as pool:
-            worker, template, _ = await pool.call("ids")
-            os.kill(template, signal.SIGSTOP)
-            os.kill(worker, signal.SIGKILL)
+        async with _stopped_template():
             await trio.sleep(0.3)  # a restart is waiting for the stopped template
