@@ -235,7 +235,7 @@ async def test_a_cancelled_request_that_was_still_queued_never_runs() -> None:
             worker = await nursery.start(Worker(PythonModule("tests.handlers_pipeline"), pipeline=4).run)
 
             async def first() -> None:
-                await worker.call("mark", "first", 0.3)
+                await worker.call("mark", "first", 1.0)  # ample time for the cancel frame, under load too
 
             async def second() -> None:
                 with trio.move_on_after(0.1):
