@@ -284,3 +284,38 @@ async def test_outside_cancellation_reaches_nested_trees_in_order(
             await trio.sleep_forever()
     assert kids.of("exit") == ["o3", "i2", "i1", "o1"]
     assert not inner.running and not outer.running
+
+
+async def test_a_child_that_never_asked_is_cancelled_at_once_and_its_finally_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """OTP: a process that does not trap exits dies at once on `shutdown`. A plain task
+    that never read stop_requested costs no grace, however long its spec's."""
+    cleaned: list[float] = []
+
+    async def plain(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(1)
+        finally:
+            cleaned.append(trio.current_time())
+
+    sup = corral.Supervisor([corral.ChildSpec(f"p{i}", plain, shutdown=5.0) for i in range(3)])
+    with trio.fail_after(100):
+        async with supervising(sup):
+            start = trio.current_time()
+        assert trio.current_time() == start  # three children, no grace spent
+    assert cleaned == [start, start, start]
+
+
+async def test_a_child_that_asked_and_overstays_is_cancelled_with_a_warning(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tl = Timeline()
+    sup = corral.Supervisor([tl.spec("deaf", mode="deaf", shutdown=3.0)])
+    with trio.fail_after(100):
+        async with supervising(sup):
+            await sup.terminate_child("deaf")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("'deaf'" in m and "grace of 3.0 s" in m for m in warnings), warnings
