@@ -414,7 +414,7 @@ async def test_a_slow_frame_cannot_pin_memory(monkeypatch: pytest.MonkeyPatch) -
     from corral.workers import _channel
 
     monkeypatch.setattr(_channel, "FRAME_STALL", 1.0)
-    trickle = corral.Command([sys.executable, "tests/trickle_worker.py"])
+    trickle = corral.Command([sys.executable, "tests/rogue_worker.py", "trickle"])
     with trio.fail_after(20):
         async with open_pool(trickle, size=1, **FAST) as pool:
             before = _rss()

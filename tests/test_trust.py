@@ -15,7 +15,7 @@ import corral
 async def test_a_json_pool_refuses_a_pickle_frame_without_unpickling_it(tmp_path: Path) -> None:
     marker = tmp_path / "unpickled"
     hostile = corral.Command(
-        [sys.executable, "tests/hostile_worker.py"],
+        [sys.executable, "tests/rogue_worker.py", "pickle"],
         env={"CORRAL_TEST_MARKER": str(marker)},
         codecs=("pickle", "json"),
     )

@@ -15,7 +15,17 @@ import attrs
 
 from corral._errors import InvalidSpec
 
-Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+Validator = Callable[[Any, "attrs.Attribute[Any] | None", Any], None]
+
+
+def check(value: object, validator: Validator) -> None:
+    """Apply a validator outside attrs, to a plain argument (it must name its field)."""
+    validator(None, None, value)
+
+
+def _name(field: str | None, attribute: attrs.Attribute[Any] | None) -> str:
+    assert field is not None or attribute is not None, "a validator used by check() names its field"
+    return field if field is not None else attribute.name  # type: ignore[union-attr]
 
 
 def _is_number(value: object) -> bool:
@@ -37,12 +47,12 @@ def number(
     extra = " or None" if optional else ""
     rule = f"within [{minimum}, {maximum}]" if maximum is not None else f"{op} {minimum}"
 
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    def check(instance: object, attribute: attrs.Attribute[Any] | None, value: object) -> None:
         if value is None and optional:
             return
         ok = _is_number(value) and (value > minimum if strict else value >= minimum)  # type: ignore[operator]
         if not ok or (maximum is not None and value > maximum):  # type: ignore[operator]
-            raise InvalidSpec(field or attribute.name, f"must be {what} {rule}{extra}, got {value!r}")
+            raise InvalidSpec(_name(field, attribute), f"must be {what} {rule}{extra}, got {value!r}")
 
     return check
 
@@ -51,11 +61,11 @@ def integer(*, minimum: int, optional: bool = False, field: str | None = None) -
     """An ``int`` (never a bool) ``>= minimum``."""
     extra = " or None" if optional else ""
 
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    def check(instance: object, attribute: attrs.Attribute[Any] | None, value: object) -> None:
         if value is None and optional:
             return
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise InvalidSpec(field or attribute.name, f"must be an int >= {minimum}{extra}, got {value!r}")
+            raise InvalidSpec(_name(field, attribute), f"must be an int >= {minimum}{extra}, got {value!r}")
 
     return check
 
@@ -64,11 +74,11 @@ def instance(kind: type | tuple[type, ...], description: str, *, optional: bool 
     """An instance of ``kind``; ``description`` says what to pass instead."""
     extra = " or None" if optional else ""
 
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    def check(instance: object, attribute: attrs.Attribute[Any] | None, value: object) -> None:
         if value is None and optional:
             return
         if not isinstance(value, kind):
-            raise InvalidSpec(attribute.name, f"must be {description}{extra}, got {value!r}")
+            raise InvalidSpec(_name(None, attribute), f"must be {description}{extra}, got {value!r}")
 
     return check
 
@@ -76,8 +86,8 @@ def instance(kind: type | tuple[type, ...], description: str, *, optional: bool 
 def one_of(allowed: Collection[object], description: str) -> Validator:
     """One of a few literal values."""
 
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    def check(instance: object, attribute: attrs.Attribute[Any] | None, value: object) -> None:
         if value not in allowed:
-            raise InvalidSpec(attribute.name, f"must be {description}, got {value!r}")
+            raise InvalidSpec(_name(None, attribute), f"must be {description}, got {value!r}")
 
     return check

@@ -35,6 +35,7 @@ from corral._errors import (
     SupervisorNotRunning,
 )
 from corral._shared import collapse, reraise
+from corral._validate import check, integer, number
 from corral.supervisor._context import ChildContext, Shutdown, _get_current, _set_current
 from corral.supervisor._events import (
     AutoShutdownTriggered,
@@ -192,15 +193,8 @@ def _check_options(
         raise InvalidSpec(
             "strategy", f"must be Strategy.ONE_FOR_ONE, ONE_FOR_ALL or REST_FOR_ONE, got {strategy!r}"
         )
-    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
-        raise InvalidSpec("max_restarts", f"must be an int >= 0, got {max_restarts!r}")
-    if (
-        not isinstance(max_seconds, int | float)
-        or isinstance(max_seconds, bool)
-        or math.isnan(max_seconds)
-        or max_seconds <= 0
-    ):
-        raise InvalidSpec("max_seconds", f"must be a number of seconds > 0, got {max_seconds!r}")
+    check(max_restarts, integer(minimum=0, field="max_restarts"))
+    check(max_seconds, number(minimum=0, strict=True, what="a number of seconds", field="max_seconds"))
     if not isinstance(auto_shutdown, AutoShutdown):
         raise InvalidSpec(
             "auto_shutdown",
@@ -792,10 +786,7 @@ class DynamicSupervisor(Supervisor):
         backoff: Backoff | None = None,
         name: str | None = None,
     ) -> None:
-        if max_children is not None and (
-            not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 0
-        ):
-            raise InvalidSpec("max_children", f"must be None or an int >= 0, got {max_children!r}")
+        check(max_children, integer(minimum=0, optional=True, field="max_children"))
         super().__init__(
             (),
             strategy=Strategy.ONE_FOR_ONE,

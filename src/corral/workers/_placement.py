@@ -20,7 +20,7 @@ from corral._shared import collapse, reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
 from corral.workers._forkserver import ForkServer, ForkServerLauncher
 from corral.workers._launch import Command, Launch, Launcher, PythonModule
-from corral.workers._process import Process
+from corral.workers._process import Process, spawn_process
 from corral.workers._reaper import Reaper
 from corral.workers._remote import SSH
 
@@ -42,11 +42,7 @@ class PoolLauncher:
         return launch if self.codec is None else attrs.evolve(launch, codecs=(self.codec,))
 
     async def spawn(self, worker_id: str, launch: Launch) -> Process:
-        spawn = getattr(self.inner, "spawn", None)  # e.g. the fork server's
-        if spawn is not None:
-            proc: Process = await spawn(worker_id, launch)
-        else:
-            proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
+        proc = await spawn_process(self.inner, worker_id, launch)
         self.reaper.add(proc.pid)  # each worker leads its own process group
         return proc
 

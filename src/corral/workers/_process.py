@@ -17,8 +17,12 @@ import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from corral.workers._launch import Launch, Launcher
 
 #: The paths other platforms take, selected on Linux (see the module docstring).
 PORTABLE = os.environ.get("CORRAL_PORTABLE") == "1"
@@ -50,6 +54,16 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, setpipe, _PIPE_SIZE)
     except OSError:
         pass
+
+
+async def spawn_process(launcher: Launcher, worker_id: str, launch: Launch) -> Process:
+    """Start a worker's process: the launcher's own ``spawn`` if it has one (the fork
+    server's, the pool's), else a local ``Process``."""
+    spawn = getattr(launcher, "spawn", None)
+    if spawn is not None:
+        proc: Process = await spawn(worker_id, launch)
+        return proc
+    return Process(launch.argv, env=launch.env, cwd=launch.cwd)
 
 
 class Process:

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from corral._errors import InvalidSpec
+from corral._validate import check, number
 from corral.workers._launch import Launch
 
 _RUNTIME_FILES = ("__init__.py", "_frames.py", "_runtime.py")
@@ -109,10 +110,6 @@ def _remote_dir(path: str) -> str:
     return shlex.quote(path)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 @attrs.frozen
 class SSH:
     """Run workers on ``host`` through the ``ssh`` client (keys, config, agents: yours).
@@ -141,16 +138,13 @@ class SSH:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host or self.host.startswith("-"):
             raise InvalidSpec("ssh.host", f"must be a host name, got {self.host!r}")
-        if not _is_number(self.weight) or not self.weight > 0:
-            raise InvalidSpec("ssh.weight", f"must be a number > 0, got {self.weight!r}")
+        check(self.weight, number(minimum=0, strict=True, field="ssh.weight"))
         if self.port is not None and not (
             isinstance(self.port, int) and not isinstance(self.port, bool) and 0 < self.port < 65536
         ):
             raise InvalidSpec("ssh.port", f"must be a TCP port, got {self.port!r}")
         for field in ("connect_timeout", "alive_interval"):
-            value = getattr(self, field)
-            if not _is_number(value) or not value >= 1:
-                raise InvalidSpec(f"ssh.{field}", f"must be seconds >= 1, got {value!r}")
+            check(getattr(self, field), number(minimum=1, what="seconds", field=f"ssh.{field}"))
         for field in ("module", "user", "identity_file", "cwd"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, str) or not value):

@@ -41,7 +41,7 @@ from corral.supervisor._context import _get_current
 from corral.workers._channel import CHANNEL_ENDED, Channel, Places
 from corral.workers._launch import Launch, Launcher
 from corral.workers._options import WorkerOptions
-from corral.workers._process import Process
+from corral.workers._process import Process, spawn_process
 from corral.workers._requests import RequestTable, _Pending, remote_error
 
 
@@ -276,12 +276,8 @@ class Worker:
                 await proc.aclose()
 
     async def _spawn(self, launch: Launch) -> Process:
-        spawn = getattr(self._launcher, "spawn", None)  # e.g. the fork server's
         try:
-            if spawn is not None:
-                proc: Process = await spawn(self.id, launch)
-            else:
-                proc = Process(launch.argv, env=launch.env, cwd=launch.cwd)
+            proc = await spawn_process(self._launcher, self.id, launch)
         except (OSError, CorralError) as exc:
             self._to(WorkerState.FAILED)
             self.last_exit = f"spawn failed: {exc}"
