@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -20,7 +21,9 @@ import corral
 from corral import RemoteError, RequestTimeout, WorkerCrashed
 from corral.workers._launch import Launcher
 from corral.workers._options import WorkerOptions
+from corral.workers._requests import Progress, ProgressCallback
 from corral.workers._seam import StateCallback
+from corral.workers._stream import Stream
 from corral.workers._worker import TRANSITIONS, WorkerInfo, WorkerState
 
 _pids = itertools.count(10_000)
@@ -71,6 +74,7 @@ class FakeWorker:
         self.state = WorkerState.STARTING
         self.served = 0
         self.ready_at: float | None = None
+        self.on_progress: Callable[[Any, Progress], None] | None = None
         self.started_at = time.time()
         self.last_exit: str | None = None
         self.calls: list[tuple[str, float]] = []  # (handler, trio time it started)
@@ -148,7 +152,14 @@ class FakeWorker:
         if self._crash is not None:
             raise self._crash
 
-    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+    async def call(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
         if self.state not in (WorkerState.READY, WorkerState.BUSY) or self._ended.is_set():
             raise WorkerCrashed(f"worker {self.id} is {self.state.name}; it takes no calls")
         handler = HANDLERS.get(name)
@@ -161,7 +172,7 @@ class FakeWorker:
         self._scopes.add(scope)
         try:
             with scope:
-                result = await handler(*args)
+                result = await handler(*args, **kwargs)
         finally:
             self._scopes.discard(scope)
             if not self._scopes and self.state is WorkerState.BUSY and not self._ended.is_set():
@@ -174,7 +185,27 @@ class FakeWorker:
         self.served += 1
         return result
 
-    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+    async def run_sync(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
         await trio.lowlevel.checkpoint()
         self.served += 1
-        return fn(*args)
+        return fn(*args, **kwargs)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        chunk_timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Stream]:
+        raise TypeError("the fake worker does not stream (tests of streams use real workers)")
+        yield  # pragma: no cover

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # the major version: 1.1 adds capabilities, not a new number
+#: What the Python runtime offers (docs/protocol.md §3); the last three are 1.1's.
+CAPABILITIES = ("call", "apply", "ping", "cancel", "pipeline", "kwargs", "stream", "progress")
+#: The 1.1 capabilities a parent lists in the welcome's ``features`` when it uses them.
+FEATURES = ("kwargs", "stream", "progress")
 HEADER_SIZE = 4
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024  # 67108864
 MAX_FRAME_LIMIT = 0xFFFFFFFF  # largest length a 4-byte header can express
@@ -278,7 +282,7 @@ def _make_json_codec() -> Codec:
         encode = cj.make_encoder(
             markers,
             _json_default,
-            cj.encode_basestring_ascii,
+            cj.encode_basestring,  # UTF-8 out: a lone surrogate cannot encode (§4)
             None,
             ":",
             ",",
@@ -289,7 +293,7 @@ def _make_json_codec() -> Codec:
 
         def dumps(obj: Any) -> bytes:
             try:
-                return "".join(encode(obj, 0)).encode("ascii")
+                return "".join(encode(obj, 0)).encode("utf-8")
             except BaseException:
                 markers.clear()  # the C encoder leaves stale entries behind on errors
                 raise
@@ -316,7 +320,8 @@ def _make_json_codec() -> Codec:
         import json
 
         def dumps(obj: Any) -> bytes:
-            return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+            return text.encode("utf-8")
 
         def loads(data: bytes) -> Any:
             return json.loads(data.decode("utf-8"), parse_constant=_json_reject_constant)
@@ -416,10 +421,13 @@ class _Stub:
         pass
 
 
-def salvage_request_id(payload: bytes) -> tuple[str, int] | None:
-    """(kind, id) of a pickled request that failed to unpickle, or None.
+def salvage_request_id(payload: bytes, codec: str = "pickle") -> tuple[str, int] | None:
+    """(kind, id) of a message that failed to decode, or None.
 
-    Re-reads the pickle without importing anything (every global becomes a stub), so a
+    JSON: read from the text's start (``["call",5,...``), so one bad argument (invalid
+    UTF-8, a number the decoder cannot hold) costs one request, not the worker.
+    Pickle:
+    re-reads the pickle without importing anything (every global becomes a stub), so a
     request whose arguments reference a class the worker cannot import can still be
     answered with an error reply instead of tearing down the worker.
     """
@@ -430,6 +438,12 @@ def salvage_request_id(payload: bytes) -> tuple[str, int] | None:
             from _pickle import Unpickler
         except ImportError:  # pragma: no cover
             from pickle import Unpickler
+
+        if codec == "json":
+            import re
+
+            match = re.match(rb'\s*\[\s*"([a-z]{1,16})"\s*,\s*(\d{1,16})\s*[,\]]', payload)
+            return (match[1].decode(), int(match[2])) if match else None
 
         class _Salvager(Unpickler):
             def find_class(self, module: str, name: str) -> Any:
@@ -465,7 +479,7 @@ def make_hello(
     pid: int,
     runtime: str,
     codecs: Sequence[str] = CODEC_NAMES,
-    capabilities: Sequence[str] = ("call", "apply", "ping", "cancel", "pipeline"),
+    capabilities: Sequence[str] = CAPABILITIES,
 ) -> dict[str, Any]:
     return {
         "t": "hello",
@@ -515,6 +529,7 @@ def make_welcome(
     max_frame: int = DEFAULT_MAX_FRAME,
     sys_path: Sequence[str] | None = None,
     init_args: Sequence[Any] | None = None,
+    features: Sequence[str] = (),
 ) -> dict[str, Any]:
     w: dict[str, Any] = {
         "t": "welcome",
@@ -527,6 +542,8 @@ def make_welcome(
         w["sys_path"] = list(sys_path)
     if init_args is not None:
         w["init_args"] = list(init_args)
+    if features:
+        w["features"] = list(features)
     return w
 
 
@@ -550,6 +567,8 @@ def parse_welcome(payload: bytes) -> dict[str, Any]:
         w.get("init_args") is None or type(w["init_args"]) is list,
         "welcome.init_args must be a list",
     )
+    _check(w.get("pipeline") in (None, True, False), "welcome.pipeline must be a boolean")
+    _check(w.get("features") is None or _is_str_list(w["features"]), "welcome.features must list strings")
     return w
 
 

@@ -10,6 +10,8 @@ from corral.workers._circuit import CircuitBreaker, CircuitState
 from corral.workers._launch import Command, PythonModule
 from corral.workers._pool import CallRecord, Lease, Pool, PoolStatistics, WorkerEvent, open_pool
 from corral.workers._remote import SSH
+from corral.workers._requests import Progress
+from corral.workers._stream import Stream
 from corral.workers._worker import InitTimeout, Worker, WorkerInfo, WorkerState
 
 __all__ = [
@@ -22,7 +24,9 @@ __all__ = [
     "Lease",
     "Pool",
     "PoolStatistics",
+    "Progress",
     "PythonModule",
+    "Stream",
     "Worker",
     "WorkerEvent",
     "WorkerInfo",

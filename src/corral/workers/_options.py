@@ -44,6 +44,8 @@ class WorkerOptions:
     stderr_lines: int = attrs.field(default=200, validator=integer(minimum=1))
     #: Requests in flight at once, when the worker offers pipelining (else 1).
     pipeline: int = attrs.field(default=1, validator=integer(minimum=1))
+    #: Chunks a stream's worker may send ahead of its consumer (its credit).
+    stream_window: int = attrs.field(default=8, validator=integer(minimum=1))
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +87,7 @@ class PoolOptions:
         default="spawn", validator=one_of(("spawn", "forkserver"), '"spawn" or "forkserver"')
     )
     pipeline: int = attrs.field(default=1, validator=integer(minimum=1))
+    stream_window: int = attrs.field(default=8, validator=integer(minimum=1))
     #: Subscribed before the first worker starts: sees every worker event.
     on_event: Callable[[WorkerEvent], None] | None = None
     #: The only payload codec the parent accepts; None: the launcher's choice.
@@ -107,6 +110,7 @@ class PoolOptions:
             max_frame=self.max_frame,
             capture_stderr=self.capture_stderr,
             pipeline=self.pipeline,
+            stream_window=self.stream_window,
         )
 
     @property

@@ -19,8 +19,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any, ParamSpec
 
 import attrs
@@ -44,9 +44,11 @@ from corral.workers._member import Member, Waiter
 from corral.workers._options import DEFAULT_BACKOFF, DEFAULT_MAX_FRAME, PoolOptions
 from corral.workers._placement import Placements
 from corral.workers._remote import SSH
+from corral.workers._requests import ProgressCallback
 from corral.workers._seam import PoolWorker, WorkerFactory, process_worker
 from corral.workers._sessions import SessionTable
 from corral.workers._slots import Slots
+from corral.workers._stream import Stream
 from corral.workers._telemetry import CallRecord, PoolStatistics, Telemetry, WorkerEvent
 from corral.workers._worker import WorkerInfo, WorkerState
 
@@ -108,6 +110,7 @@ class Pool:
         hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
         start_method: str = "spawn",
         pipeline: int = 1,
+        stream_window: int = 8,
         on_event: Callable[[WorkerEvent], None] | None = None,
         codec: str | None = None,
         worker_factory: WorkerFactory = process_worker,
@@ -166,19 +169,36 @@ class Pool:
     # -- the API ---------------------------------------------------------------
 
     async def call(
-        self, name: str, *args: Any, session: Hashable | None = None, timeout: float | None = None
+        self,
+        name: str,
+        *args: Any,
+        session: Hashable | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
     ) -> Any:
-        """Run ``name(*args)`` from the handler module in a worker; return its result.
+        """Run ``name(*args, **kwargs)`` from the handler module in a worker; return its
+        result.
 
         ``session`` pins the call to the worker that served that session before.
-        ``timeout`` overrides ``request_timeout`` for this call.
+        ``timeout`` overrides ``request_timeout`` for this call. ``on_progress`` is
+        called with each `Progress` the handler reports (``corral_child.progress``).
+        Those three names are corral's: a handler argument of the same name must be
+        passed positionally.
         """
         if not isinstance(name, str):
             raise TypeError(f"pool.call() takes the handler's name as a str, got {name!r}")
         member = await self._acquire(session, None)
-        return await self._call_on(member, "call", name, args, timeout)
+        return await self._call_on(member, "call", name, args, timeout, kwargs, on_progress)
 
-    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+    async def run_sync(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run a picklable callable in a worker (Python runtime only); return its result."""
         if self.options.codec == "json":
             raise TypeError(
@@ -186,18 +206,81 @@ class Pool:
                 "function; call a handler by name with pool.call() instead"
             )
         member = await self._acquire(None, None)
-        return await self._call_on(member, "apply", fn, args, timeout)
+        return await self._call_on(member, "apply", fn, args, timeout, kwargs, on_progress)
 
-    async def _call_on(self, member: Member, kind: str, target: Any, args: Any, timeout: float | None) -> Any:
+    @asynccontextmanager
+    async def stream(
+        self,
+        name: str,
+        *args: Any,
+        session: Hashable | None = None,
+        timeout: float | None = None,
+        chunk_timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Stream]:
+        """Run a handler that yields (a generator) in a worker, and iterate over its chunks::
+
+            async with pool.stream("generate", prompt, max_tokens=50) as chunks:
+                async for token in chunks:
+                    print(token, end="")
+
+        The worker holds at most ``stream_window`` chunks ahead of you (credit: a slow
+        consumer slows the generator down, and nothing piles up). Leaving the block
+        early, or being cancelled, stops the generator in the worker (its ``finally``
+        runs) and the worker serves on. ``timeout`` bounds the whole stream (default
+        ``request_timeout``), ``chunk_timeout`` each wait for the next chunk. The worker
+        is yours alone for the block's duration, as with ``checkout``.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"pool.stream() takes the handler's name as a str, got {name!r}")
+        member = await self._acquire(session, None)
+        telemetry = self._telemetry
+        start = trio.current_time()
+        error: BaseException | None = None
+        try:
+            with self._exclusively(member):
+                async with member.worker.stream(
+                    name,
+                    *args,
+                    timeout=timeout,
+                    chunk_timeout=chunk_timeout,
+                    on_progress=on_progress,
+                    **kwargs,
+                ) as chunks:
+                    yield chunks
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, CorralError):
+                telemetry.failed += 1
+            raise
+        finally:
+            self._release(member)
+            if error is None:
+                telemetry.served += 1
+                telemetry.latencies.append(trio.current_time() - start)
+
+    async def _call_on(
+        self,
+        member: Member,
+        kind: str,
+        target: Any,
+        args: Any,
+        timeout: float | None,
+        kwargs: dict[str, Any],
+        on_progress: ProgressCallback | None,
+    ) -> Any:
         telemetry = self._telemetry
         worker = member.worker
         start = trio.current_time()
         start_ns = time.time_ns() if telemetry.observers else 0
         try:
             if kind == "call":
-                result = await worker.call(target, *args, timeout=timeout)
+                result = await worker.call(target, *args, timeout=timeout, on_progress=on_progress, **kwargs)
             else:
-                result = await worker.run_sync(target, *args, timeout=timeout)
+                result = await worker.run_sync(
+                    target, *args, timeout=timeout, on_progress=on_progress, **kwargs
+                )
         except BaseException as exc:
             if isinstance(exc, CorralError):
                 telemetry.failed += 1
@@ -219,21 +302,30 @@ class Pool:
         """An exclusive lease on one worker for several calls."""
         member = await self._acquire(session, timeout)
         lease = Lease(member.worker, self)
-        exclusive = member.worker.depth > 1
-        if exclusive:  # a pipelining worker: no new requests from others until the end
-            member.exclusive = True
         self._telemetry.emit(member.worker, "checkout")
         try:
-            yield lease
+            with self._exclusively(member):
+                yield lease
         finally:
             lease._valid = False
-            if exclusive:
-                member.exclusive = False
-                held = self._checkout.idle.count(member)
-                self._checkout.remove_places(member)
-                for _ in range(held):  # its places go to whoever waited meanwhile
-                    self._slots.checkin(member)
             self._release(member)
+
+    @contextmanager
+    def _exclusively(self, member: Member) -> Iterator[None]:
+        """No new requests from others on a pipelining worker until the block ends (a
+        lease, a stream); then its free places go to whoever waited meanwhile."""
+        if member.worker.depth == 1 or member.exclusive:
+            yield
+            return
+        member.exclusive = True
+        try:
+            yield
+        finally:
+            member.exclusive = False
+            held = self._checkout.idle.count(member)
+            self._checkout.remove_places(member)
+            for _ in range(held):
+                self._slots.checkin(member)
 
     def workers(self) -> list[WorkerInfo]:
         """A frozen ``WorkerInfo`` per live worker (id, pid, state, calls served). Never waits."""
@@ -433,13 +525,44 @@ class Lease:
             raise PoolClosed("this lease has ended; take a new one with pool.checkout()")
         return self._worker
 
-    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+    async def call(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """``pool.call`` on this worker; raises ``PoolClosed`` after the lease's block."""
-        return await self._check().call(name, *args, timeout=timeout)
+        return await self._check().call(name, *args, timeout=timeout, on_progress=on_progress, **kwargs)
 
-    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+    async def run_sync(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """``pool.run_sync`` on this worker; raises ``PoolClosed`` after the lease's block."""
-        return await self._check().run_sync(fn, *args, timeout=timeout)
+        return await self._check().run_sync(fn, *args, timeout=timeout, on_progress=on_progress, **kwargs)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        chunk_timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Stream]:
+        """``pool.stream`` on this worker; raises ``PoolClosed`` after the lease's block."""
+        worker = self._check()
+        async with worker.stream(
+            name, *args, timeout=timeout, chunk_timeout=chunk_timeout, on_progress=on_progress, **kwargs
+        ) as chunks:
+            yield chunks
 
     def __repr__(self) -> str:
         return f"<Lease of {self._worker!r}>"

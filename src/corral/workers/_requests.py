@@ -12,10 +12,14 @@ not answer it within ``cancel_grace`` is killed.
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import signal
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from _corral_child import _frames as frames
@@ -28,17 +32,53 @@ if TYPE_CHECKING:
 
 #: Replies at least this large are decoded off the event loop (``loads_off_loop``).
 BIG_DECODE = 1 << 20
+_log = logging.getLogger("corral.worker")
+
+
+@attrs.frozen
+class Progress:
+    """How far a worker's start-up, or a call, has come, as the worker last reported.
+
+    ``fraction`` is in [0, 1], or None when the worker did not say; ``text`` is what it
+    is doing ("loading weights"); ``elapsed`` is the seconds since the start-up or the
+    call began, when the report came.
+    """
+
+    fraction: float | None
+    text: str
+    elapsed: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def parse_progress(msg: Any, since: float) -> Progress:
+    """A ``["progress", id, fraction, text]`` message as a `Progress` (checked)."""
+    if len(msg) != 4 or not isinstance(msg[3], str):
+        raise ValueError(f"malformed progress message: {msg!r:.200}")
+    fraction = msg[2]
+    if fraction is not None and (
+        type(fraction) not in (int, float) or not 0 <= fraction <= 1  # also refuses NaN
+    ):
+        raise ValueError(f"progress fraction out of [0, 1]: {msg!r:.200}")
+    return Progress(None if fraction is None else float(fraction), msg[3], trio.current_time() - since)
 
 
 class _Pending:
     """A request in flight: its reply once read (by whichever caller is reading), or
-    the error if the worker dies first."""
+    the error if the worker dies first; a stream's chunks as they come."""
 
-    __slots__ = ("abandoned", "error", "event", "msg")
+    __slots__ = ("abandoned", "chunks", "error", "event", "msg", "on_progress", "since", "window")
 
-    def __init__(self) -> None:
+    def __init__(self, on_progress: ProgressCallback | None = None) -> None:
         self.error: BaseException | None = None
         self.msg: Any = None
+        # A stream's chunks read and not yet consumed (None: not a stream); at most
+        # ``window`` of them, since the worker sends no more than its credit.
+        self.chunks: deque[Any] | None = None
+        self.window = 0
+        self.on_progress = on_progress
+        self.since = trio.current_time() if on_progress is not None else 0.0  # progress: elapsed
         # Exists only while its caller waits for another caller to read the reply for it.
         self.event: trio.Event | None = None
         # None while its caller waits. Once the caller was cancelled (its reply is
@@ -104,9 +144,12 @@ class RequestTable:
         "codec",
         "depth",
         "failed",
+        "features",
+        "named",
         "pending",
         "places",
         "reading",
+        "signals",
     )
 
     def __init__(self, worker: Worker, channel: Channel) -> None:
@@ -119,6 +162,9 @@ class RequestTable:
         self.pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self.depth = 1  # requests in flight at once: > 1 once the worker agreed to pipeline
+        self.named = False  # every cancel is named in a "cancel" frame before any SIGINT
+        self.signals = True  # the worker turns SIGINT into "cancelled" (capability "cancel")
+        self.features: frozenset[str] = frozenset()  # the 1.1 features in use (welcome)
         self.places = Places(1)  # invariant: places.free + len(pending) <= depth
         self.reading = False  # a caller (or the drain task) is reading replies
         self._draining = False
@@ -127,12 +173,18 @@ class RequestTable:
         # exists only while a cancel waits for its request to become the oldest.
         self._head_moved: trio.Event | None = None
 
-    def negotiated(self, codec: frames.Codec, depth: int) -> None:
-        """The handshake's outcome: the payload codec and how many requests in flight."""
+    def negotiated(
+        self, codec: frames.Codec, depth: int, *, named: bool, signals: bool, features: frozenset[str]
+    ) -> None:
+        """The handshake's outcome: the payload codec, how many requests in flight, how
+        cancels are told (named, signalled) and the 1.1 features in use."""
         assert not self.pending
         self.codec = codec
         self.depth = depth
         self.places = Places(depth)
+        self.named = named
+        self.signals = signals
+        self.features = features
 
     def loads(self, frame: bytes) -> Any:
         try:
@@ -153,9 +205,7 @@ class RequestTable:
         """A pickled reply the parent cannot decode (a class only the worker has): when
         its request can be told, that one call fails with a DecodeError and the worker
         keeps serving, as the worker does for a request it cannot decode."""
-        if self.codec.name != "pickle":
-            return None
-        salvaged = frames.salvage_request_id(frame)
+        salvaged = frames.salvage_request_id(frame, self.codec.name)
         if salvaged is None or salvaged[1] not in self.pending:
             return None
         cause = exc.__cause__ or exc
@@ -169,37 +219,24 @@ class RequestTable:
 
     # -- the hot path ----------------------------------------------------------
 
-    async def request(self, kind: str, target: Any, args: tuple[Any, ...], timeout: float | None) -> Any:
+    async def request(
+        self,
+        kind: str,
+        target: Any,
+        args: tuple[Any, ...],
+        timeout: float | None,
+        kwargs: dict[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Any:
         """Write the request, then read replies until ours has come.
 
         No scheduling but the wait for the reply: a free place is taken without a yield
         (so the usability check still holds), and a small frame is one ``os.write``.
         """
-        worker = self._worker
-        worker._check_usable()
-        places = self.places
-        waited = places.free <= 0
-        if waited:
-            await places.acquire()
-        else:
-            places.free -= 1
-        try:
-            if waited:
-                worker._check_usable()  # it may have died while we waited
-            else:
-                await trio.lowlevel.checkpoint_if_cancelled()
-            request_id = next(self._ids)
-            if kind == "ping":
-                payload = self.codec.raw_dumps((kind, request_id))
-            else:
-                payload = self.codec.raw_dumps((kind, request_id, target, args))
-            if len(payload) > self._options.max_frame:  # refuse before sending: the worker is unharmed
-                raise self._too_large(kind, len(payload))
-        except BaseException:
-            places.release()
-            raise
-        waiter = _Pending()
+        request_id, payload = await self._admit(kind, target, args, kwargs)
+        waiter = _Pending(on_progress)
         self.pending[request_id] = waiter
+        worker = self._worker
         worker._busy()
         if timeout is None:
             timeout = self._options.request_timeout
@@ -229,9 +266,112 @@ class RequestTable:
             raise
         return self._settle(request_id, msg)
 
+    async def _admit(
+        self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, window: int = 0
+    ) -> tuple[int, bytes]:
+        """Take a place and encode the request: its id and its frame. Nothing is sent,
+        so a request refused here leaves the worker unharmed."""
+        worker = self._worker
+        worker._check_usable()
+        places = self.places
+        waited = places.free <= 0
+        if waited:
+            await places.acquire()
+        else:
+            places.free -= 1
+        try:
+            if waited:
+                worker._check_usable()  # it may have died while we waited
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            request_id = next(self._ids)
+            dumps = self.codec.raw_dumps
+            if kind == "ping":
+                payload = dumps((kind, request_id))
+            elif window:
+                payload = dumps((kind, request_id, target, args, kwargs or {}, window))
+            elif kwargs:
+                if "kwargs" not in self.features:
+                    raise self._unsupported("keyword arguments", "kwargs", "pass them positionally")
+                payload = dumps((kind, request_id, target, args, kwargs))
+            else:
+                payload = dumps((kind, request_id, target, args))
+            if len(payload) > self._options.max_frame:
+                raise self._too_large(kind, len(payload))
+        except BaseException:
+            places.release()
+            raise
+        return request_id, payload
+
+    async def open_stream(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        window: int,
+        on_progress: ProgressCallback | None,
+    ) -> tuple[int, _Pending]:
+        """Write a "stream" request; its chunks are then taken with `next_chunk`."""
+        if "stream" not in self.features:
+            raise self._unsupported("streams", "stream", "use call() and return a list")
+        request_id, payload = await self._admit("stream", name, args, kwargs, window)
+        waiter = _Pending(on_progress)
+        waiter.chunks = deque()
+        waiter.window = window
+        self.pending[request_id] = waiter
+        self._worker._busy()
+        try:
+            await self._send(payload)
+        except trio.Cancelled:
+            self._withdraw(request_id)
+            raise
+        except CHANNEL_ENDED:
+            raise await self._worker_ended(waiter) from None
+        return request_id, waiter
+
+    async def next_chunk(self, request_id: int, waiter: _Pending) -> tuple[bool, Any]:
+        """(True, chunk) for the stream's next chunk, or (False, result) at its end
+        (raising as a call would: the error reply, the worker's death). A caller
+        cancelled here leaves the stream as it was: the chunk is read for it later."""
+        chunks = waiter.chunks
+        assert chunks is not None
+        if not chunks and waiter.msg is None:
+            try:
+                await self._reply_for(waiter)
+            except CHANNEL_ENDED:
+                raise await self._worker_ended(waiter) from None
+            except ProtocolError as exc:
+                self._worker._kill(exc)
+                raise
+        if chunks:
+            return True, chunks.popleft()
+        return False, self._settle(request_id, waiter.msg)
+
+    async def grant(self, request_id: int, n: int) -> None:
+        """Let a stream's worker send ``n`` more chunks."""
+        await self._send(self.codec.raw_dumps(("credit", request_id, n)))
+
+    def abandon_stream(self, request_id: int, waiter: _Pending) -> None:
+        """The stream's consumer left before its end: stop it in the worker (a named
+        cancel; the handler's generator is closed there) and drop what comes."""
+        if waiter.chunks is not None:
+            waiter.chunks.clear()
+        if waiter.msg is not None:
+            self._discard(request_id, waiter.msg)
+        elif waiter.error is None:
+            self._abandon(request_id, waiter)
+
+    def _unsupported(self, what: str, capability: str, instead: str) -> TypeError:
+        worker = self._worker
+        return TypeError(
+            f"worker {worker.id} does not take {what}: it did not offer the {capability!r} "
+            f"capability (protocol 1.1, docs/protocol.md §3); {instead}, or upgrade the worker"
+        )
+
     async def _reply_for(self, waiter: _Pending) -> Any:
-        """Our reply: read it ourselves, or wait while another caller reads it for us."""
-        while waiter.msg is None:
+        """Our reply (or a stream's next chunk): read it ourselves, or wait while another
+        caller reads it for us."""
+        while waiter.msg is None and not waiter.chunks:
             if waiter.error is not None:
                 raise EndOfChannel
             if self.reading:
@@ -243,7 +383,7 @@ class RequestTable:
                 continue
             self.reading = True
             try:
-                while waiter.msg is None:
+                while waiter.msg is None and not waiter.chunks:
                     frame = await self._next_frame()
                     msg = self.loads(frame) if len(frame) < BIG_DECODE else await self.loads_off_loop(frame)
                     if waiter.error is not None:  # the worker failed meanwhile: that is our answer
@@ -255,14 +395,19 @@ class RequestTable:
         return waiter.msg
 
     def _dispatch(self, msg: Any) -> None:
-        """Give one reply to the request it answers (the worker answers in order)."""
+        """Give one reply to the request it answers (the worker answers in order); a
+        chunk to its stream; a progress report to its caller's callback."""
         try:
             request_id = msg[1]
             waiter = self.pending[request_id]
+            kind = msg[0]
         except (TypeError, IndexError, KeyError):
             raise ProtocolError(
                 f"worker {self._worker.id}: a reply to no request in flight: {msg!r:.200}"
             ) from None
+        if kind == "chunk" or kind == "progress":
+            self._interim(waiter, msg)
+            return
         waiter.msg = msg
         if self._head_moved is not None:  # a cancel waits for its request to be the oldest
             self._moved_head()
@@ -271,6 +416,35 @@ class RequestTable:
             self._discard(request_id, msg)
         elif waiter.event is not None:
             waiter.event.set()
+
+    def _interim(self, waiter: _Pending, msg: Any) -> None:
+        """A message that does not answer its request: a chunk, a progress report."""
+        worker_id = self._worker.id
+        if msg[0] == "chunk":
+            chunks = waiter.chunks
+            if chunks is None or len(msg) != 3 or len(chunks) >= waiter.window:
+                why = "a chunk for a request that is no stream" if chunks is None else "a malformed chunk"
+                if chunks is not None and len(msg) == 3:
+                    why = f"more chunks than its credit ({waiter.window})"
+                raise ProtocolError(f"worker {worker_id}: {why}: {msg!r:.200}")
+            if waiter.abandoned is None:
+                chunks.append(msg[2])
+                if waiter.event is not None:
+                    waiter.event.set()
+            return
+        if "progress" not in self.features:
+            raise ProtocolError(f"worker {worker_id}: a progress report it was not asked for: {msg!r:.200}")
+        callback = waiter.on_progress
+        try:
+            report = parse_progress(msg, waiter.since)
+        except ValueError as exc:
+            raise ProtocolError(f"worker {worker_id}: {exc}") from None
+        _log.debug("worker %s: request %s progress %s %s", worker_id, msg[1], report.fraction, report.text)
+        if callback is not None and waiter.abandoned is None:
+            try:
+                callback(report)
+            except Exception:  # the caller's bug must not cost the reader (maybe another caller)
+                _log.exception("worker %s: the on_progress callback failed", worker_id)
 
     def _pass_reading(self) -> None:
         """Reading is free: the oldest caller still waiting for its reply reads on; with
@@ -319,10 +493,10 @@ class RequestTable:
             f"max_frame={max_frame}; it was not sent"
         )
 
-    def _timed_out(self, kind: str, target: Any, timeout: float) -> RequestTimeout:
+    def _timed_out(self, kind: str, target: Any, timeout: float, which: str = "") -> RequestTimeout:
         error = RequestTimeout(
             f"worker {self._worker.id}: {kind} {target if kind == 'call' else ''} took longer than "
-            f"{timeout} s; the worker was killed and will be replaced"
+            f"{timeout} s{which}; the worker was killed and will be replaced"
         )
         self._worker._kill(error)
         return error
@@ -378,7 +552,7 @@ class RequestTable:
         worker._nursery.start_soon(self._cancel, request_id, waiter)
 
     async def _cancel(self, request_id: int, waiter: _Pending) -> None:
-        if self.depth > 1:
+        if self.named:
             # Name it first: the worker's SIGINT handler checks the name. The frame may
             # wait behind a large request that the worker reads only between requests:
             # if ours runs meanwhile (it is the oldest unanswered), that costs the worker
@@ -393,12 +567,17 @@ class RequestTable:
                     nursery.cancel_scope.cancel()
         # Queued behind others, it is answered "cancelled" without running; but it may
         # start before the worker reads the cancel: once it is the oldest unanswered
-        # request (the one running, or next), interrupt it.
+        # request (the one running, or next), interrupt it. A worker that did not offer
+        # "cancel" is never signalled (SIGINT would kill it): it has cancel_grace to
+        # finish the call on its own.
         if not await self._until_head(request_id, waiter):
             return
-        assert self._worker._proc is not None
-        self._worker._proc.signal(signal.SIGINT)
-        await self._kill_unless_settled(request_id, waiter, "of an interrupt")
+        if self.signals:
+            assert self._worker._proc is not None
+            self._worker._proc.signal(signal.SIGINT)
+        await self._kill_unless_settled(
+            request_id, waiter, "of an interrupt" if self.signals else "of a cancel"
+        )
 
     async def _kill_if_head_too_long(self, request_id: int, waiter: _Pending) -> None:
         if await self._until_head(request_id, waiter):

@@ -9,7 +9,9 @@ The contract:
 
 - ``run(task_status=...)`` follows ``nursery.start``: it reports the worker once READY,
   then returns when the worker stopped (or raises when it died).
-- ``on_state(worker, old, new)`` is called for every state change, synchronously.
+- ``on_state(worker, old, new)`` is called for every state change, synchronously;
+  ``on_progress(worker, progress)``, once the pool has set it, for every start-up
+  progress report.
 - ``available`` is True when it takes a request now (no syscall); ``alive`` may ask
   the OS whether its process still exists.
 - ``depth`` is how many requests it holds at once once READY (1, or ``pipeline``).
@@ -19,12 +21,15 @@ The contract:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import trio
 
 from corral.workers._launch import Launcher
 from corral.workers._options import WorkerOptions
+from corral.workers._requests import Progress, ProgressCallback
+from corral.workers._stream import Stream
 from corral.workers._worker import Worker, WorkerInfo, WorkerState
 
 StateCallback = Callable[[Any, WorkerState, WorkerState], None]
@@ -38,6 +43,7 @@ class PoolWorker(Protocol):
     state: WorkerState
     served: int
     ready_at: float | None
+    on_progress: Callable[[Any, Progress], None] | None
 
     @property
     def available(self) -> bool: ...
@@ -49,8 +55,31 @@ class PoolWorker(Protocol):
     def rss_bytes(self) -> int | None: ...
     def stop(self) -> None: ...
     async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
-    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any: ...
-    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any: ...
+    async def call(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any: ...
+    async def run_sync(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any: ...
+    def stream(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        chunk_timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> AbstractAsyncContextManager[Stream]: ...
 
 
 class WorkerFactory(Protocol):

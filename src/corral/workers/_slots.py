@@ -31,6 +31,7 @@ from corral.workers._options import PoolOptions, WorkerOptions
 from corral.workers._placement import Placements, PoolLauncher
 from corral.workers._reaper import Reaper
 from corral.workers._recycling import recycle, recycle_due
+from corral.workers._requests import Progress
 from corral.workers._seam import PoolWorker, StateCallback, WorkerFactory
 from corral.workers._sessions import SessionTable
 from corral.workers._telemetry import Telemetry
@@ -131,6 +132,7 @@ class Slots:
         worker_id = f"w{next(self._incarnations)}"
         launcher = PoolLauncher(placement.launcher, self.reaper, self.options.codec)
         worker = self.factory(launcher, self.worker_options, worker_id, self._on_state)
+        worker.on_progress = self._on_progress
         member = Member(worker, placement, slot)
         self.members[worker_id] = member
         placement.live += 1
@@ -160,6 +162,12 @@ class Slots:
         live = {member.slot for member in self.members.values()}
         children = self.sup.which_children()
         return sum(1 for info in children if info.state is ChildState.RESTARTING and info.id not in live)
+
+    def _on_progress(self, worker: PoolWorker, progress: Progress) -> None:
+        telemetry = self.telemetry
+        if telemetry.subscribers or logger.isEnabledFor(logging.DEBUG):
+            percent = "" if progress.fraction is None else f"{progress.fraction:.0%} "
+            telemetry.emit(worker, "progress", f"{percent}{progress.text}".strip())
 
     def _on_state(self, worker: PoolWorker, old: WorkerState, new: WorkerState) -> None:
         telemetry = self.telemetry

@@ -48,7 +48,7 @@ class WorkerEvent:
     worker_id: str
     pid: int | None
     state: WorkerState
-    action: str  # "state", "checkout", "checkin", "recycle", "call"
+    action: str  # "state", "progress" (start-up), "checkout", "checkin", "recycle", "call"
     detail: str = ""
 
 

@@ -21,7 +21,8 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Self
 
 import attrs
@@ -42,7 +43,15 @@ from corral.workers._channel import CHANNEL_ENDED, Channel, Places
 from corral.workers._launch import Launch, Launcher
 from corral.workers._options import WorkerOptions
 from corral.workers._process import Process, spawn_process
-from corral.workers._requests import RequestTable, _Pending, remote_error
+from corral.workers._requests import (
+    Progress,
+    ProgressCallback,
+    RequestTable,
+    _Pending,
+    parse_progress,
+    remote_error,
+)
+from corral.workers._stream import Stream
 
 
 class InitTimeout(CorralError, TimeoutError):
@@ -87,6 +96,10 @@ class WorkerInfo:
     served: int
     started_at: float  # wall clock (time.time())
     last_exit: str | None
+    #: What the worker last reported about its start-up (``corral_child.progress``).
+    progress: Progress | None = None
+    #: Seconds spent starting: so far while STARTING, from spawn to READY after.
+    startup_seconds: float | None = None
 
 
 _ids = itertools.count(1)
@@ -164,6 +177,10 @@ class Worker:
         self.served = 0  # requests answered with a result or an error (the table counts)
         self.started_at = time.time()
         self.ready_at: float | None = None  # trio clock
+        self.spawned_at: float | None = None  # trio clock
+        self.progress: Progress | None = None  # the last start-up progress report
+        # Told of every start-up progress report (the pool sets it: events, exporter).
+        self.on_progress: Callable[[Worker, Progress], None] | None = None
         self.last_exit: str | None = None
         self.stderr_tail: deque[str] = deque(maxlen=options.stderr_lines)
         self.pid: int | None = None
@@ -204,7 +221,22 @@ class Worker:
 
     def info(self) -> WorkerInfo:
         """A frozen snapshot of this worker."""
-        return WorkerInfo(self.id, self.pid, self.state, self.served, self.started_at, self.last_exit)
+        startup: float | None = None
+        if self.spawned_at is not None:
+            end = self.ready_at
+            if end is None and self.state is WorkerState.STARTING:
+                end = trio.current_time()
+            startup = None if end is None else end - self.spawned_at
+        return WorkerInfo(
+            self.id,
+            self.pid,
+            self.state,
+            self.served,
+            self.started_at,
+            self.last_exit,
+            self.progress,
+            startup,
+        )
 
     def rss_bytes(self) -> int | None:
         """The process's resident memory (Linux ``/proc``), or None when unknown."""
@@ -284,6 +316,7 @@ class Worker:
             raise WorkerCrashed(f"worker {self.id}: could not start {launch.argv[0]!r}: {exc}") from exc
         self._proc = self._channel.proc = proc
         self.pid = proc.pid
+        self.spawned_at = trio.current_time()
         return proc
 
     def stop(self) -> None:
@@ -440,16 +473,44 @@ class Worker:
             max_frame=options.max_frame,
             sys_path=launch.welcome.get("sys_path"),
         )
-        depth = 1
-        if options.pipeline > 1 and "pipeline" in hello["capabilities"]:
+        capabilities = hello["capabilities"]
+        # A worker that takes "cancel" requests always gets named cancels, pipelining or
+        # not: a SIGINT then never interrupts a call the parent still wants (§6).
+        named = "pipeline" in capabilities
+        if named:
             welcome["pipeline"] = True
-            depth = options.pipeline
-        self._requests.negotiated(codec, depth)
+        features = [f for f in frames.FEATURES if f in capabilities and (named or f != "stream")]
+        if features:
+            welcome["features"] = features
+        self._requests.negotiated(
+            codec,
+            options.pipeline if named else 1,
+            named=named,
+            signals="cancel" in capabilities,
+            features=frozenset(features),
+        )
         if "module" not in launch.welcome:  # e.g. a Command: the worker's argv decides
             del welcome["module"]
         await channel.send(frames.encode_json_object(welcome))
         channel.lift_handshake_limit()
-        return self._requests.loads(await channel.next_frame())
+        while True:
+            reply = self._requests.loads(await channel.next_frame())
+            if not (isinstance(reply, list | tuple) and reply and reply[0] == "progress"):
+                return reply
+            self._started_some(reply)
+
+    def _started_some(self, msg: Any) -> None:
+        """A start-up progress report (``["progress", 0, fraction, text]``)."""
+        if "progress" not in self._requests.features or len(msg) < 2 or msg[1] != 0:
+            raise ProtocolError(f"worker {self.id}: a progress report it was not asked for: {msg!r:.200}")
+        try:
+            report = parse_progress(msg, self.spawned_at or trio.current_time())
+        except ValueError as exc:
+            raise ProtocolError(f"worker {self.id}: {exc}") from None
+        self.progress = report
+        self.log.debug("starting: %s %s (%.1f s)", report.fraction, report.text, report.elapsed)
+        if self.on_progress is not None:
+            self.on_progress(self, report)
 
     def _protocol_failure(self, proc: Process, message: str) -> ProtocolError:
         proc.signal_group(signal.SIGKILL)
@@ -508,13 +569,60 @@ class Worker:
 
     # -- calls -----------------------------------------------------------------
 
-    async def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
-        """Run the handler module's ``name(*args)`` in the worker and return its result."""
-        return await self._requests.request("call", name, args, timeout)
+    async def call(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the handler module's ``name(*args, **kwargs)`` in the worker; return its
+        result. ``on_progress`` is called with each `Progress` the handler reports."""
+        return await self._requests.request("call", name, args, timeout, kwargs, on_progress)
 
-    async def run_sync(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+    async def run_sync(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run a picklable callable in the worker (Python runtime only)."""
-        return await self._requests.request("apply", fn, args, timeout)
+        return await self._requests.request("apply", fn, args, timeout, kwargs, on_progress)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        name: str,
+        *args: Any,
+        timeout: float | None = None,
+        chunk_timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[Stream]:
+        """Run a handler that yields, and iterate over what it yields::
+
+            async with worker.stream("generate", prompt) as chunks:
+                async for chunk in chunks:
+                    ...
+
+        The worker runs at most ``stream_window`` chunks ahead of you. Leaving the block
+        before the end stops the handler's generator in the worker (its ``finally``
+        runs). ``timeout`` bounds the whole stream, ``chunk_timeout`` each wait for a
+        chunk; either kills the worker with a ``RequestTimeout``, as for a call.
+        """
+        table = self._requests
+        window = self.options.stream_window
+        request_id, waiter = await table.open_stream(name, args, kwargs, window, on_progress)
+        if timeout is None:
+            timeout = self.options.request_timeout
+        stream = Stream(table, request_id, waiter, f"stream {name}", timeout, chunk_timeout)
+        try:
+            yield stream
+        finally:
+            stream._close()
 
     async def ping(self, timeout: float | None = 5.0) -> None:
         """A health check round trip through the protocol (answered after any queued call)."""
