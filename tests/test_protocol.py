@@ -259,7 +259,7 @@ def test_json_details() -> None:
     codec = P.get_codec("json")
     assert codec.loads(b' \r\n\t[1, {"a" : null}] \n') == [1, {"a": None}]
     assert codec.dumps(["ok", 1, 5]) == b'["ok",1,5]'
-    assert codec.dumps("é\U0001f600") == "\"é\U0001f600\"".encode()  # UTF-8, not escapes
+    assert codec.dumps("é\U0001f600") == '"é\U0001f600"'.encode()  # UTF-8, not escapes
     with pytest.raises(P.EncodeError, match="surrogates not allowed"):
         codec.dumps(["call", 1, "echo", ["\udc80"]])  # §4: never sent; strict decoders refuse it
     for bad in [float("nan"), float("inf"), b"bytes", {1j: 1}, object()]:

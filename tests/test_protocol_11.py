@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -195,12 +194,14 @@ async def test_streams_on_a_lease_with_a_session_and_big_chunks() -> None:
 
 async def test_a_pipelining_worker_takes_no_other_call_during_a_stream() -> None:
     with trio.fail_after(30):
-        async with corral.open_pool(H, size=2, pipeline=4) as pool:
-            async with pool.stream("slow_count", 3, 0.1) as chunks:
-                # the streaming worker is the stream's alone: calls go to the other one
-                for _ in range(4):
-                    assert await pool.call("sleep", 0) == 0
-                assert [c async for c in chunks] == [0, 1, 2]
+        async with (
+            corral.open_pool(H, size=2, pipeline=4) as pool,
+            pool.stream("slow_count", 3, 0.1) as chunks,
+        ):
+            # the streaming worker is the stream's alone: calls go to the other one
+            for _ in range(4):
+                assert await pool.call("sleep", 0) == 0
+            assert [c async for c in chunks] == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------ progress
