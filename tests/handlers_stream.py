@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 
 from corral_child import progress
 
@@ -35,7 +35,7 @@ def count(n: int, start: int = 0) -> Iterator[int]:
         _mark(f"count finally {n}")
 
 
-def count_returning(n: int) -> Iterator[int]:
+def count_returning(n: int) -> Generator[int, None, int]:
     yield from range(n)
     return n * 10  # the stream's result
 
