@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 
 def noop() -> None:
@@ -42,3 +43,19 @@ def crash() -> None:
     """Die the hard way, as a segfault or the OOM killer would: no reply, no cleanup."""
     os.kill(os.getpid(), 9)
     time.sleep(10)  # pragma: no cover - the signal arrives first
+
+
+def chunks(n: int, size: int) -> Iterator[bytes]:
+    """A stream of ``n`` chunks of ``size`` bytes (benchmarks/streaming.py)."""
+    for i in range(n):
+        yield bytes([i % 256]) * size
+
+
+def all_chunks(n: int, size: int) -> list[bytes]:
+    """The same data as ``chunks``, as one reply: distinct objects, as a real result."""
+    return [bytes([i % 256]) * size for i in range(n)]
+
+
+def blob(n: int, size: int) -> bytes:
+    """The same bytes as ``chunks``, as one reply of one object."""
+    return b"x" * (n * size)

@@ -424,6 +424,10 @@ def test_init_args(spawn: Any) -> None:
         b'{"t": "hello"}',
         b'{"t": "welcome", "codec": "msgpack"}',
         b'{"t": "welcome", "codec": "json", "max_frame": -1}',
+        b'{"t": "welcome", "codec": "json", "max_frame": 100}',
+        b'{"t": "welcome", "max_frame": 65536}',
+        b'{"t": "welcome", "codec": "json", "pipeline": "yes"}',
+        b'{"t": "welcome", "codec": "json", "features": "progress"}',
     ],
 )
 def test_bad_welcome_exits_4(spawn: Any, welcome: bytes) -> None:

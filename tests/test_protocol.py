@@ -301,20 +301,31 @@ def test_salvage_request_id() -> None:
 
 
 def test_worked_example_from_the_spec() -> None:
-    """docs/protocol.md §8: the hello frame, byte by byte."""
-    hello = P.make_hello(4242, "example/1.0", ["json"], ["call", "ping", "cancel"])
+    """docs/protocol.md §8, byte by byte: the hello, the welcome, and every frame of the
+    session (its header is its payload's length; its payload is a JSON message)."""
+    caps = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress"]
+    hello = P.make_hello(4242, "example/1.0", ["json"], caps)
     frame = P.encode_frame(P.encode_json_object(hello))
-    assert frame[:4].hex(" ") == "00 00 00 77"
+    assert frame[:4].hex(" ") == "00 00 00 9f"
     assert frame[4:20].hex(" ") == "7b 22 74 22 3a 22 68 65 6c 6c 6f 22 2c 22 70 72"
-    assert frame[4:] == (
-        b'{"t":"hello","protocol":1,"pid":4242,"codecs":["json"],'
-        b'"runtime":"example/1.0","capabilities":["call","ping","cancel"]}'
-    )
-    welcome = P.make_welcome("json", "w-1", "app.handlers")
-    assert P.pack_header(len(P.encode_json_object(welcome))).hex(" ") == "00 00 00 5d"
     spec = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
     assert frame[4:].decode() in spec
+    welcome = P.make_welcome("json", "w-1", "app.handlers", pipeline=True, features=P.FEATURES)
     assert P.encode_json_object(welcome).decode() in spec
+    section = spec[spec.index("## 8. Worked example") : spec.index("## 9.")]
+    lines = [
+        line for line in section.splitlines() if line.startswith(("parent → worker  0", "worker → parent  0"))
+    ]
+    assert len(lines) == 18
+    codec = P.get_codec("json")
+    for line in lines:
+        header, payload = line[17:28], line[30:]
+        message = codec.loads(payload.encode())
+        if header.endswith(".."):  # the error reply's traceback is elided
+            assert message[0] == "error"
+            continue
+        assert header == P.pack_header(len(payload.encode())).hex(" "), line
+        assert codec.dumps(message).decode() == payload, line  # corral writes it so
 
 
 def test_hello_validation() -> None:

@@ -112,6 +112,11 @@ class FrameDecoder:
         self._error: ProtocolError | None = None
 
     @property
+    def failed(self) -> ProtocolError | None:
+        """The error an earlier ``feed`` met (it stands: the stream is unrecoverable)."""
+        return self._error
+
+    @property
     def pending(self) -> int:
         """Bytes received but not yet returned as part of a frame."""
         return len(self._buf) - self._pos
@@ -530,6 +535,7 @@ def make_welcome(
     sys_path: Sequence[str] | None = None,
     init_args: Sequence[Any] | None = None,
     features: Sequence[str] = (),
+    pipeline: bool = False,
 ) -> dict[str, Any]:
     w: dict[str, Any] = {
         "t": "welcome",
@@ -542,6 +548,8 @@ def make_welcome(
         w["sys_path"] = list(sys_path)
     if init_args is not None:
         w["init_args"] = list(init_args)
+    if pipeline:
+        w["pipeline"] = True
     if features:
         w["features"] = list(features)
     return w

@@ -472,6 +472,8 @@ class _Server:
         ``reading`` covers the read *and* the decoding: a SIGINT landing here must not
         feed the decoder from its handler (re-entrantly, mid-feed); it asks for a drain,
         done below once the decoder is ours again."""
+        if self.decoder.failed is not None:  # met by a SIGINT's read-ahead: now in its turn
+            _fatal(_frames.EXIT_PROTOCOL_ERROR, str(self.decoder.failed))
         self.reading = True
         try:
             chunk = os.read(self.req_fd, _READ_SIZE)

@@ -15,11 +15,13 @@ import sys
 
 import _corral_child
 from _corral_child._frames import (
+    CAPABILITIES,
     CODEC_NAMES,
     DEFAULT_MAX_FRAME,
     EXIT_INIT_FAILED,
     EXIT_OK,
     EXIT_PROTOCOL_ERROR,
+    FEATURES,
     HEADER_SIZE,
     MAX_FRAME_LIMIT,
     PICKLE_PROTOCOL,
@@ -45,11 +47,13 @@ from _corral_child._frames import (
 )
 
 __all__ = [
+    "CAPABILITIES",
     "CODEC_NAMES",
     "DEFAULT_MAX_FRAME",
     "EXIT_INIT_FAILED",
     "EXIT_OK",
     "EXIT_PROTOCOL_ERROR",
+    "FEATURES",
     "HEADER_SIZE",
     "MAX_FRAME_LIMIT",
     "PICKLE_PROTOCOL",

@@ -50,6 +50,14 @@ class _FaultyStart:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         await self._run(task_status=task_status)
 
+    @property
+    def on_progress(self) -> Callable[[Any, Progress], None] | None:
+        return self._worker.on_progress
+
+    @on_progress.setter
+    def on_progress(self, hook: Callable[[Any, Progress], None] | None) -> None:
+        self._worker.on_progress = hook
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._worker, name)
 
