@@ -17,6 +17,11 @@ from tests.test_child_runtime import Worker, spawn  # noqa: F401 - the fixture
 H = "tests.handlers_stream"
 
 
+@pytest.fixture
+def launch(spawn: Any) -> Any:  # noqa: F811 - test_child_runtime's fixture
+    return spawn
+
+
 def start(
     w: Worker, codec: str = "json", features: tuple[str, ...] = F.FEATURES, pipeline: bool = True
 ) -> None:
@@ -33,8 +38,8 @@ def nothing_within(w: Worker, seconds: float) -> bool:
     return False
 
 
-def test_a_stream_sends_no_more_than_its_credit(spawn: Any) -> None:
-    w: Worker = spawn()
+def test_a_stream_sends_no_more_than_its_credit(launch: Any) -> None:
+    w: Worker = launch()
     start(w)
     assert w.read()[0] == "ready"
     w.send(["stream", 1, "count", [100], {}, 8])
@@ -51,8 +56,8 @@ def test_a_stream_sends_no_more_than_its_credit(spawn: Any) -> None:
     assert w.request("ping", 2) == ["pong", 2]
 
 
-def test_a_cancel_stops_a_stream_waiting_for_credit(spawn: Any) -> None:
-    w: Worker = spawn()
+def test_a_cancel_stops_a_stream_waiting_for_credit(launch: Any) -> None:
+    w: Worker = launch()
     start(w)
     assert w.read()[0] == "ready"
     w.send(["stream", 1, "count", [10**9], {}, 2])
@@ -63,8 +68,8 @@ def test_a_cancel_stops_a_stream_waiting_for_credit(spawn: Any) -> None:
     assert w.read() == ["pong", 2]
 
 
-def test_kwargs_and_a_stream_ending_in_an_error(spawn: Any) -> None:
-    w: Worker = spawn()
+def test_kwargs_and_a_stream_ending_in_an_error(launch: Any) -> None:
+    w: Worker = launch()
     start(w)
     assert w.read()[0] == "ready"
     assert w.request("call", 1, "greet", ["a"], {"greeting": "hi"}) == ["ok", 1, "hi a"]
@@ -76,9 +81,9 @@ def test_kwargs_and_a_stream_ending_in_an_error(spawn: Any) -> None:
     assert (kind, mid, info["type"]) == ("error", 3, "ProtocolError")
 
 
-def test_progress_goes_out_only_when_the_parent_asked(spawn: Any) -> None:
+def test_progress_goes_out_only_when_the_parent_asked(launch: Any) -> None:
     env = {"CORRAL_TEST_INIT_STEPS": "3"}
-    w: Worker = spawn(env=env)
+    w: Worker = launch(env=env)
     start(w)
     assert [w.read() for _ in range(3)] == [["progress", 0, k / 3, f"step {k}"] for k in (1, 2, 3)]
     assert w.read()[0] == "ready"
@@ -87,15 +92,15 @@ def test_progress_goes_out_only_when_the_parent_asked(spawn: Any) -> None:
     assert w.read() == ["progress", 1, 1.0, "step 2"]
     assert w.read() == ["ok", 1, 2]
 
-    quiet: Worker = spawn(env=env)
+    quiet: Worker = launch(env=env)
     start(quiet, features=("kwargs", "stream"))  # a parent that takes no progress
     assert quiet.read()[0] == "ready"
     assert quiet.request("call", 1, "work", [2]) == ["ok", 1, 2]
 
 
 @pytest.mark.parametrize("codec", ["json", "pickle"])
-def test_an_undecodable_request_with_a_readable_id_fails_alone(spawn: Any, codec: str) -> None:
-    w: Worker = spawn()
+def test_an_undecodable_request_with_a_readable_id_fails_alone(launch: Any, codec: str) -> None:
+    w: Worker = launch()
     start(w, codec=codec)
     assert w.read()[0] == "ready"
     if codec == "json":
@@ -111,10 +116,10 @@ def test_an_undecodable_request_with_a_readable_id_fails_alone(spawn: Any, codec
     assert w.wait() == F.EXIT_PROTOCOL_ERROR
 
 
-def test_named_cancels_at_depth_one_never_hit_the_next_call(spawn: Any) -> None:
+def test_named_cancels_at_depth_one_never_hit_the_next_call(launch: Any) -> None:
     """welcome pipeline=true with one request in flight: a SIGINT for a call that has
     already answered lands on the next call and is ignored (it was not named)."""
-    w: Worker = spawn()
+    w: Worker = launch()
     start(w)
     assert w.read()[0] == "ready"
     w.send(["call", 1, "sleep", [0.3]])
@@ -130,8 +135,8 @@ def test_named_cancels_at_depth_one_never_hit_the_next_call(spawn: Any) -> None:
     assert w.request("ping", 3) == ["pong", 3]
 
 
-def test_sigint_read_ahead_meeting_eof_interrupts_nothing(spawn: Any) -> None:
-    w: Worker = spawn()
+def test_sigint_read_ahead_meeting_eof_interrupts_nothing(launch: Any) -> None:
+    w: Worker = launch()
     start(w)
     assert w.read()[0] == "ready"
     w.send(["call", 1, "sleep", [0.3]])
@@ -142,8 +147,8 @@ def test_sigint_read_ahead_meeting_eof_interrupts_nothing(spawn: Any) -> None:
     assert w.wait() == 0  # then EOF ends it (§7)
 
 
-def test_sigint_read_ahead_meeting_an_oversized_header_interrupts_nothing(spawn: Any) -> None:
-    w: Worker = spawn()
+def test_sigint_read_ahead_meeting_an_oversized_header_interrupts_nothing(launch: Any) -> None:
+    w: Worker = launch()
     start(w)
     assert w.read()[0] == "ready"
     w.send(["call", 1, "sleep", [0.3]])

@@ -12,11 +12,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
-HANDLERS = {
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+HANDLERS: dict[str, Callable[..., object]] = {
     "add": lambda a, b: a + b,
     "echo": lambda x: x,
-    "sleep": lambda s: (time.sleep(s), s)[1],
+    "sleep": _sleep,
 }
 
 
