@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+
 def _sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
