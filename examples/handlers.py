@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+
+from corral_child import progress
 
 _model: dict[str, float] = {}
 _counters: dict[str, int] = {}
@@ -21,7 +24,9 @@ def init() -> None:
     """Runs once per worker, before it is READY (bounded by ``init_timeout``)."""
     if os.environ.get("HANDLERS_MODEL") == "missing":  # lets the docs show a failing start
         raise FileNotFoundError("model.bin")
+    progress(0.5, "loading weights")  # shows in pool.workers(), events, the demo
     _model.update(weight=2.0, bias=1.0)  # pretend to load a model
+    progress(1.0, "ready")
 
 
 def predict(x: float) -> float:
@@ -58,3 +63,28 @@ def crash(code: int) -> None:
 def say(text: str) -> None:
     print(text)  # fd 1 is stderr in a worker: this reaches logging, not the channel
     sys.stdout.flush()
+
+
+def scale(x: float, *, factor: float = 2.0, offset: float = 0.0) -> float:
+    """Keyword arguments: ``pool.call("scale", 3, factor=10)``."""
+    return x * factor + offset
+
+
+def generate(prompt: str, max_tokens: int = 50) -> Iterator[str]:
+    """A stream: each ``yield`` is one chunk for ``pool.stream("generate", ...)``."""
+    try:
+        for i, word in enumerate(prompt.split()):
+            if i == max_tokens:
+                return
+            time.sleep(0.01)  # pretend each token takes a while
+            yield word.upper()
+    finally:
+        sys.stderr.write("generate: done\n")  # runs even when the caller leaves early
+
+
+def train(epochs: int) -> str:
+    """A long job that reports how far it has come."""
+    for epoch in range(1, epochs + 1):
+        time.sleep(0.01)
+        progress(epoch / epochs, f"epoch {epoch}/{epochs}")
+    return "trained"

@@ -26,6 +26,7 @@ def init() -> None:
     for k in range(1, steps + 1):
         time.sleep(0.02)
         progress(k / steps, f"step {k}")
+    time.sleep(float(os.environ.get("CORRAL_TEST_INIT_HOLD", "0")))
 
 
 def count(n: int, start: int = 0) -> Iterator[int]:

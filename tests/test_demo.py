@@ -29,7 +29,7 @@ def test_demo_ends_by_itself_with_a_summary_of_every_fault() -> None:
     proc = _demo("--seconds", "9")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "loading model: warm-up done" in out  # start-up progress, from the workers' own output
+    assert "starting: 100% loading model: warm-up done" in out  # start-up progress (protocol 1.1)
     assert "pool closed" in out
     summary = out[out.index("summary:") :]
     for fault in _schedule(9):  # each one listed, each one dealt with

@@ -85,3 +85,23 @@ async def test_on_event_sees_every_worker_start() -> None:
             ids = {w.id for w in pool.workers()}
     ready = {e.worker_id for e in events if e.action == "state" and e.detail == "STARTING -> READY"}
     assert ready == ids and len(ids) == 2
+
+
+async def test_prometheus_shows_a_starting_workers_progress() -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from corral.telemetry.prometheus import instrument_pool
+
+    registry = prometheus_client.CollectorRegistry()
+    env = {"CORRAL_TEST_INIT_STEPS": "2", "CORRAL_TEST_INIT_HOLD": "1.0"}
+    with trio.fail_after(20):
+        async with corral.open_pool("tests.handlers_stream", size=1, lazy=True, env=env, name="p") as pool:
+            remove = instrument_pool(pool, registry)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.call, "greet", "x")  # starts a worker
+                while not any(w.progress for w in pool.workers()):
+                    await trio.sleep(0.01)
+                starting = prometheus_client.generate_latest(registry).decode()
+            ready = prometheus_client.generate_latest(registry).decode()
+            remove()
+    assert 'corral_worker_startup_progress{pool="p",worker="w1"}' in starting
+    assert "corral_worker_startup_progress{" not in ready  # only while it starts

@@ -1,18 +1,28 @@
 """Handlers for ``corral demo`` (run inside the workers: standard library only)."""
 
 import os
-import sys
 import time
+from collections.abc import Iterator
+
+from _corral_child._runtime import progress
 
 _counters: dict[str, int] = {}
 
 
 def init() -> None:
-    """Pretend to load a model, saying how far it got: a worker's output reaches the
-    parent's logging (logger ``corral.worker.<id>``), which is how the demo shows it."""
-    for step in ("weights", "tokenizer", "warm-up"):
+    """Pretend to load a model, saying how far it got (protocol 1.1 progress: the pool's
+    events, ``pool.workers()`` and the live view show it)."""
+    steps = ("weights", "tokenizer", "warm-up")
+    for k, step in enumerate(steps, 1):
         time.sleep(0.08)
-        print(f"loading model: {step} done", file=sys.stderr, flush=True)
+        progress(k / len(steps), f"loading model: {step} done")
+
+
+def tokens(n: int) -> Iterator[str]:
+    """A stream: ``n`` tokens, a little apart."""
+    for i in range(n):
+        time.sleep(0.002)
+        yield f"t{i}"
 
 
 def work(ms: float) -> int:

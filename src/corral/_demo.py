@@ -95,6 +95,9 @@ class Demo:
     # -- what the pool tells us -------------------------------------------------------
 
     def on_worker(self, event: corral.WorkerEvent) -> None:
+        if event.action == "progress":  # start-up progress, from the worker's init()
+            self.say(f"    {event.worker_id} starting: {event.detail}")
+            return
         if event.action != "state":
             return
         old, _, new = event.detail.partition(" -> ")
@@ -292,11 +295,30 @@ def _schedule(seconds: float) -> list[Fault]:
 
 
 async def _load(pool: corral.Pool, stop: trio.Event) -> None:
+    calls = 0
     while not stop.is_set():
+        calls += 1
         try:
-            await pool.call("work", 5)
+            if calls % 10:
+                await pool.call("work", 5)
+            else:  # now and then a stream of tokens (credit-based: docs/pool.md, Streams)
+                async with pool.stream("tokens", 20) as tokens:
+                    async for _ in tokens:
+                        pass
         except corral.CorralError:
             pass  # the demo counts every failed call through pool.observe_calls
+
+
+def _start_up(w: corral.WorkerInfo) -> str:
+    """How a worker's start-up went: its last progress report while STARTING, its
+    duration after."""
+    if w.state is corral.WorkerState.STARTING:
+        p = w.progress
+        if p is None:
+            return "..."
+        percent = "" if p.fraction is None else f"{p.fraction:.0%} "
+        return f"{percent}{p.text}"
+    return _ms(w.startup_seconds) if w.startup_seconds is not None else ""
 
 
 def _render(demo: Demo) -> Any:
@@ -310,7 +332,7 @@ def _render(demo: Demo) -> Any:
     stats = Table.grid(padding=(0, 2))
     stats.add_row("[bold]elapsed[/]", f"{demo.now():.1f} / {demo.seconds:.0f} s")
     workers = Table(expand=True, box=None)
-    for col in ("worker", "pid", "state", "served"):
+    for col in ("worker", "pid", "state", "served", "start-up"):
         workers.add_column(col)
     if pool is not None:
         st = demo.final or pool.statistics()
@@ -327,7 +349,7 @@ def _render(demo: Demo) -> Any:
         colors = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "FAILED": "red"}
         for w in sorted(demo.final_workers or pool.workers(), key=lambda w: natural(w.id)):
             color = colors.get(w.state.name, "magenta")
-            workers.add_row(w.id, str(w.pid), f"[{color}]{w.state.name}[/]", str(w.served))
+            workers.add_row(w.id, str(w.pid), f"[{color}]{w.state.name}[/]", str(w.served), _start_up(w))
     else:
         stats.add_row("[bold]pool[/]", f"starting {SIZE} workers")
     top = Table.grid(expand=True, padding=(0, 1))

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from corral.workers._pool import CallRecord, Pool
+from corral.workers._worker import WorkerState
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -70,6 +71,19 @@ class _PoolCollector(Collector):
         )
         circuit.add_metric([self._pool.name], 1.0 if self._pool.circuit_state.value == "open" else 0.0)
         yield circuit
+        starting = GaugeMetricFamily(
+            f"{p}_worker_startup_progress",
+            "What a starting worker last reported of its start-up (0 to 1)",
+            labels=["pool", "worker"],
+        )
+        for info in self._pool.workers():
+            if (
+                info.state is WorkerState.STARTING
+                and info.progress is not None
+                and info.progress.fraction is not None
+            ):
+                starting.add_metric([name, info.id], info.progress.fraction)
+        yield starting
 
 
 def instrument_pool(

@@ -236,11 +236,13 @@ class Pool:
             raise TypeError(f"pool.stream() takes the handler's name as a str, got {name!r}")
         member = await self._acquire(session, None)
         telemetry = self._telemetry
+        worker = member.worker
         start = trio.current_time()
+        start_ns = time.time_ns() if telemetry.observers else 0
         error: BaseException | None = None
         try:
             with self._exclusively(member):
-                async with member.worker.stream(
+                async with worker.stream(
                     name,
                     *args,
                     timeout=timeout,
@@ -259,6 +261,8 @@ class Pool:
             if error is None:
                 telemetry.served += 1
                 telemetry.latencies.append(trio.current_time() - start)
+            if telemetry.observers:  # one record per stream, as per call
+                telemetry.observe(name, worker, start_ns, error)
 
     async def _call_on(
         self,
