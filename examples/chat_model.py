@@ -8,6 +8,10 @@ history is only on the worker that served the session before. Standard library o
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+
+from corral_child import progress
 
 _model: dict[str, str] = {}
 _histories: dict[str, list[str]] = {}
@@ -15,7 +19,30 @@ _histories: dict[str, list[str]] = {}
 
 def init() -> None:
     """Runs once per worker before it serves anything: load weights, warm caches here."""
+    progress(0.0, "loading weights")  # pool.workers() and the events show how far it got
     _model.update({"hello": "hi there", "bye": "see you", "weather": "sunny, as always"})
+    progress(1.0, "model ready")
+
+
+_generations = {"finished": 0, "stopped early": 0}
+
+
+def generate(prompt: str, max_tokens: int = 20) -> Iterator[str]:
+    """Token by token (docs/cookbook/token-streaming.md): a stream, ``pool.stream``."""
+    words = [w.strip("?!.,") for w in prompt.lower().split()] or ["..."]
+    produced = 0
+    try:
+        while produced < max_tokens:
+            time.sleep(0.005)  # one forward pass
+            yield words[produced % len(words)] if produced < len(words) else "la"
+            produced += 1
+    finally:  # runs however the stream ends: the caller left, or was cancelled
+        _generations["finished" if produced == max_tokens else "stopped early"] += 1
+
+
+def generations() -> dict[str, int]:
+    """How this worker's generations ended."""
+    return dict(_generations)
 
 
 def chat(user: str, text: str) -> str:

@@ -37,6 +37,7 @@ DOCS = (
     "docs/testing.md",
     "docs/telemetry.md",
     "docs/cookbook/model-server.md",
+    "docs/cookbook/token-streaming.md",
     "docs/cookbook/cpu-bound.md",
     "docs/cookbook/node-worker.md",
     "docs/cookbook/embedded-supervisor.md",
