@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from _corral_child import _frames as F
 from tests.test_child_runtime import Worker, spawn  # noqa: F401 - the fixture
@@ -157,3 +159,71 @@ def test_sigint_read_ahead_meeting_an_oversized_header_interrupts_nothing(launch
     w.proc.send_signal(signal.SIGINT)
     assert w.read(timeout=5) == ["ok", 1, 0.3]  # answered, then the bad frame ends it
     assert w.wait() == F.EXIT_PROTOCOL_ERROR
+
+
+# ------------------------------------------------------------------ fuzz: 1.1 messages
+
+_values = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
+_kwargs = st.dictionaries(st.sampled_from(["greeting", "punct", "start", "nope"]), _values, max_size=2)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> list[list[Any]]:
+    """A session of 1.1 requests, well-formed or not (but each with a readable id)."""
+    out: list[list[Any]] = []
+    for mid in range(1, draw(st.integers(1, 12)) + 1):
+        kind = draw(st.sampled_from(["call", "call_kw", "stream", "ping", "bad", "cancel", "credit"]))
+        if kind == "call":
+            out.append(["call", mid, draw(st.sampled_from(["greet", "count", "nope"])), [draw(_values)]])
+        elif kind == "call_kw":
+            out.append(["call", mid, "greet", ["x"], draw(_kwargs | st.just([]))])
+        elif kind == "stream":
+            n = draw(st.integers(0, 20))
+            window = draw(st.integers(0, 4))  # 0 is malformed
+            out.append(
+                ["stream", mid, draw(st.sampled_from(["count", "greet", "nope"])), [n], draw(_kwargs), window]
+            )
+            out.append(["credit", mid, 1000])  # enough for any stream here
+        elif kind == "ping":
+            out.append(["ping", mid])
+        elif kind == "bad":
+            out.append(
+                draw(st.sampled_from([["call", mid], ["stream", mid, "count", [1], {}], ["frob", mid]]))
+            )
+        elif kind == "cancel":
+            out.append(["cancel", draw(st.integers(0, mid + 2))])
+        else:
+            out.append(["credit", draw(st.integers(0, mid + 2)), draw(st.integers(1, 3))])
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(session=requests(), codec=st.sampled_from(["json", "pickle"]))
+def test_fuzzed_1_1_sessions_answer_every_request_once_in_order(
+    spawn: Any,  # noqa: F811 - test_child_runtime's fixture
+    session: list[list[Any]],
+    codec: str,
+) -> None:
+    """Whatever the mix (kwargs, streams and credits, stale cancels and credits,
+    malformed requests with an id), each request gets exactly one final reply, in
+    order; chunks come only for streams, before their reply; the worker lives on."""
+    w: Worker = spawn()
+    start(w, codec=codec)
+    assert w.read()[0] == "ready"
+    for msg in session:
+        w.send(msg)
+    w.send(["ping", 10_000])
+    answered: list[int] = []
+    streams = {m[1] for m in session if m[0] == "stream" and len(m) == 6}
+    while True:
+        reply = w.read(timeout=10)
+        kind, mid = reply[0], reply[1]
+        if kind == "chunk":
+            assert mid in streams and mid not in answered, reply
+            continue
+        assert kind in ("ok", "error", "cancelled", "pong"), reply
+        answered.append(mid)
+        if mid == 10_000:
+            break
+    expected = [m[1] for m in session if m[0] not in ("cancel", "credit")] + [10_000]
+    assert answered == expected
