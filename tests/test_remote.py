@@ -191,11 +191,20 @@ def test_invalid_ssh_specs_are_refused(kw: dict[str, Any], field: str) -> None:
 
 async def test_bootstrap_runs_the_runtime_without_corral_installed(tmp_path: Path) -> None:
     """The same program serves a Command (containers): the module comes from argv."""
-    (tmp_path / "plain_handlers.py").write_text("def add(a, b):\n    return a + b\n")
+    (tmp_path / "plain_handlers.py").write_text(
+        "from corral_child import progress\n"
+        "def add(a, b):\n    return a + b\n"
+        "def count(n):\n    progress(0.5, 'half')\n    yield from range(n)\n"
+    )
     command = corral.Command([REMOTE_PYTHON, "-c", remote_bootstrap(), "plain_handlers"], cwd=str(tmp_path))
     with trio.fail_after(10):
         async with open_pool(command, size=1) as pool:
             assert await pool.call("add", 2, 3) == 5
+            assert await pool.call("add", 2, b=5) == 7  # protocol 1.1 over the bootstrap too
+            reports: list[corral.Progress] = []
+            async with pool.stream("count", 3, on_progress=reports.append) as chunks:
+                assert [c async for c in chunks] == [0, 1, 2]
+            assert [r.text for r in reports] == ["half"]
 
 
 # -- against the server ----------------------------------------------------------------

@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
             _fatal(_frames.EXIT_PROTOCOL_ERROR, f"frame of {len(f)} bytes exceeds max_frame")
     server = _Server(req_fd, reply_fd, decoder, codec, max_frame, welcome.get("pipeline") is True)
     server.reports = "progress" in (welcome.get("features") or ())
+    # Frames that came with the welcome are queued now, ahead of anything a SIGINT's
+    # read-ahead may pull in while init() runs: the queue keeps the pipe's order.
+    server._enqueue(frames)
     global _server
     _server = server
     _signal.signal(_signal.SIGINT, server.on_sigint)
@@ -336,7 +339,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
     server.send(codec.raw_dumps(("ready", 0, {"pid": os.getpid()})))
 
     # -- 6. serve.
-    server._enqueue(frames)  # frames that came with the welcome
     server.serve(module)
 
 
@@ -366,18 +368,6 @@ def progress(fraction: float | None = None, text: str = "") -> None:
     if _thread.get_ident() != server.thread:
         raise RuntimeError("call progress() from the thread that runs the handler")
     server.send_masked(server.dumps(("progress", mid, fraction, text[:_MAX_ERROR_TEXT])))
-
-
-class _Interrupted(Exception):
-    """A running stream must stop: its request was cancelled (the parent named it)."""
-
-
-class _Refused(Exception):
-    """A request that fails with a protocol-level error (its ``info`` is the reply)."""
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(message)
-        self.type_name = type_name
 
 
 class _Server:
@@ -608,7 +598,9 @@ class _Server:
         if mid is not None:
             fn = self._handler(mid, msg[2])
             if fn is not None:
-                self._stream(mid, fn, msg[3], msg[4], msg[5])
+                from _corral_child import _streams  # on the first stream: start-up stays lean
+
+                _streams.run(self, mid, fn, msg[3], msg[4], msg[5])
 
     def _on_ping(self, msg: Any) -> None:
         if len(msg) != 2 or type(msg[1]) is not int:
@@ -706,125 +698,6 @@ class _Server:
             )
             return _encode_error(dumps, mid, info, self.max_frame)
         return data
-
-    # -- streams (docs/protocol.md §5, "stream")
-
-    def _stream(
-        self, mid: int, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], window: int
-    ) -> None:
-        """Run a handler that produces a sequence: one "chunk" per item, never more than
-        the parent's credit ahead, then the final reply. However it ends, the
-        handler's generator is closed here (its ``finally`` runs) before the reply."""
-        self.current = self.streaming = mid
-        self.credit = window
-        items: Any = None
-        try:
-            try:
-                items = fn(*args, **kwargs)
-                result = None
-                if hasattr(type(items), "__aiter__"):
-                    self._pump_async(mid, items)
-                elif hasattr(type(items), "__iter__") and not isinstance(
-                    items, str | bytes | bytearray | dict
-                ):
-                    items = iter(items)
-                    result = self._pump(mid, items)
-                else:
-                    raise TypeError(
-                        f"stream handler returned {type(items).__qualname__}, not an iterable; "
-                        "write it as a generator (yield each chunk)"
-                    )
-            except BaseException:
-                self._close(items)
-                raise
-        except (KeyboardInterrupt, _Interrupted):
-            self.current = self.streaming = None
-            self.send(self.dumps(("cancelled", mid)), mid)
-            return
-        except _Refused as exc:
-            self.current = self.streaming = None
-            self._refuse(mid, exc.type_name, str(exc))
-            return
-        except BaseException as exc:
-            self.current = self.streaming = None
-            self._failed(mid, exc)
-            return
-        self.current = self.streaming = None
-        self.send(self._encode_ok(mid, "ok", result), mid)
-
-    def _pump(self, mid: int, items: Any) -> Any:
-        chunk = self._chunk
-        while True:
-            try:
-                item = next(items)
-            except StopIteration as stop:
-                return stop.value
-            chunk(mid, item)
-
-    def _pump_async(self, mid: int, items: Any) -> None:
-        """Drive an async generator on an asyncio loop, one item per turn. Interrupted
-        mid-item, its pending step is cancelled and run out, so the CancelledError goes
-        through the generator and its ``finally`` runs."""
-        loop = self.loop
-        if loop is None:
-            import asyncio  # only for the first async generator: ~20 ms to import
-
-            loop = self.loop = asyncio.new_event_loop()
-        it = items.__aiter__()
-
-        async def step() -> Any:
-            return await it.__anext__()
-
-        while True:
-            task = loop.create_task(step())
-            try:
-                item = loop.run_until_complete(task)
-            except StopAsyncIteration:
-                return
-            except BaseException:
-                if not task.done():
-                    task.cancel()
-                    try:
-                        loop.run_until_complete(task)
-                    except BaseException:
-                        pass
-                raise
-            self._chunk(mid, item)
-
-    def _close(self, items: Any) -> None:
-        """Finish a stream's generator early, so that its ``finally`` blocks run."""
-        try:
-            if hasattr(items, "aclose"):
-                if self.loop is not None:
-                    self.loop.run_until_complete(items.aclose())
-            elif hasattr(items, "close"):
-                items.close()
-        except BaseException as exc:  # its cleanup failed: say so, the stream's answer stands
-            sys.stderr.write(f"corral: closing the stream's generator failed: {exc!r}\n")
-
-    def _chunk(self, mid: int, item: Any) -> None:
-        """Send one item of the running stream, waiting for credit first if need be."""
-        while self.credit <= 0:
-            if mid in self.cancelled:
-                raise _Interrupted
-            self.read_more()  # credits and cancels are noted as they are read
-        try:
-            data = self.dumps(("chunk", mid, item))
-        except Exception as exc:
-            raise _Refused(
-                "EncodeError",
-                f"cannot encode a chunk of type {type(item).__qualname__!r}: {type(exc).__name__}: {exc}",
-            ) from None
-        if len(data) > self.max_frame:
-            raise _Refused(
-                "EncodeError",
-                f"a chunk ({type(item).__qualname__}, {len(data)} bytes) exceeds "
-                f"max_frame ({self.max_frame} bytes)",
-            )
-        self.credit -= 1
-        self.send_masked(data)
-        if mid in self.cancelled:
-            raise _Interrupted
 
     def send_masked(self, data: bytes) -> None:
         """Write a frame while a request runs (a chunk, a progress report): an interrupt

@@ -104,7 +104,7 @@ def child_argv(module: str | None = None, *, python: str | None = None) -> list[
     return argv
 
 
-_CHILD_MODULES = ("__init__.py", "__main__.py", "_frames.py", "_runtime.py", "_zygote.py")
+_CHILD_MODULES = ("__init__.py", "__main__.py", "_frames.py", "_runtime.py", "_streams.py", "_zygote.py")
 
 
 def ensure_bytecode(source: str) -> bool:

@@ -24,7 +24,7 @@ from corral._errors import InvalidSpec
 from corral._validate import check, number
 from corral.workers._launch import Launch
 
-_RUNTIME_FILES = ("__init__.py", "_frames.py", "_runtime.py")
+_RUNTIME_FILES = ("__init__.py", "_frames.py", "_runtime.py", "_streams.py")
 
 # Runs first on the remote side. Makes the worker lead its own process group, then
 # forks a watcher that keeps only the worker's original stdin and a pipe that only the
@@ -77,11 +77,13 @@ def remote_bootstrap() -> str:
         f"S=ast.literal_eval(zlib.decompress(base64.b64decode('{blob}')).decode())\n"
         "P=types.ModuleType('_corral_child');P.__path__=[];sys.modules['_corral_child']=P\n"
         "exec(compile(S['__init__.py'],'<corral>/__init__.py','exec'),P.__dict__)\n"
-        "for n in ('_frames','_runtime'):\n"
+        "for n in ('_frames','_runtime','_streams'):\n"
         " m=types.ModuleType('_corral_child.'+n);m.__package__='_corral_child'\n"
         " sys.modules[m.__name__]=m;setattr(P,n,m)\n"
         " exec(compile(S[n+'.py'],'<corral>/'+n+'.py','exec'),m.__dict__)\n"
-        "sys.modules['_corral_child._runtime'].main()\n"
+        # the handlers' API (corral_child.progress), as if corral were installed there
+        "C=types.ModuleType('corral_child');C.progress=P._runtime.progress;sys.modules['corral_child']=C\n"
+        "P._runtime.main()\n"
     )
 
 
