@@ -1,7 +1,8 @@
-"""The worker runtimes (Python `_corral_child`, Node.js example) over raw pipes.
+"""The Python worker runtime (`_corral_child`) over raw pipes.
 
 Plain blocking subprocesses with reader threads; every read has a timeout and every
-process is killed in a `finally`.
+process is killed in a `finally`. The `Worker` harness and the `spawn` fixture also
+serve tests/test_node_worker.py (the Node.js example worker).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -529,63 +529,3 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-# ------------------------------------------------------------------ Node.js worker
-
-
-@pytest.fixture
-def nodeworker(spawn: Any) -> Worker:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node not installed")
-    w: Worker = spawn([node, str(NODE_WORKER)])
-    hello = w.hello()
-    assert hello["codecs"] == ["json"]
-    assert "apply" not in hello["capabilities"]
-    assert hello["runtime"].startswith("node/")
-    assert hello["pid"] == w.proc.pid
-    w.welcome("json", None, sys_path=None)
-    assert w.read() == ["ready", 0, {"pid": w.proc.pid}]
-    return w
-
-
-def test_node_worker_calls(nodeworker: Worker) -> None:
-    w = nodeworker
-    assert w.request("call", 1, "echo", [{"a": [1, "é", None]}]) == ["ok", 1, {"a": [1, "é", None]}]
-    assert w.request("call", 2, "add", [2, 3]) == ["ok", 2, 5]
-    kind, mid, info = w.request("call", 3, "fail", ["nope"])
-    assert (kind, mid, info["type"], info["message"]) == ("error", 3, "Error", "nope")
-    assert "worker.js" in info["traceback"]
-    kind, mid, info = w.request("call", 4, "missing", [])
-    assert (kind, mid, info["type"]) == ("error", 4, "UnknownHandler")
-    assert w.request("ping", 5) == ["pong", 5]
-    assert w.request("call", 6, "sleep", [0.05]) == ["ok", 6, 0.05]
-    kind, mid, info = w.request("frobnicate", 7)
-    assert (kind, mid, info["type"]) == ("error", 7, "ProtocolError")
-
-
-def test_node_worker_pipelining_and_big_frames(nodeworker: Worker) -> None:
-    w = nodeworker
-    batch = b"".join(F.encode_frame(w.codec.dumps(["call", i, "sleep", [0]])) for i in range(20))
-    w.write_raw(batch)
-    assert [w.read() for _ in range(20)] == [["ok", i, 0] for i in range(20)]
-    text = "x" * (2 * 1024 * 1024)
-    assert w.request("call", 99, "echo", [text]) == ["ok", 99, text]
-
-
-def test_node_worker_cancel_and_eof(nodeworker: Worker) -> None:
-    w = nodeworker
-    w.send(["call", 1, "sleep", [30]])
-    time.sleep(0.3)
-    w.proc.send_signal(signal.SIGINT)
-    assert w.read(timeout=5) == ["cancelled", 1]
-    w.proc.send_signal(signal.SIGINT)  # idle: ignored
-    assert w.request("ping", 2) == ["pong", 2]
-    w.close_stdin()
-    assert w.wait() == 0
-
-
-def test_node_worker_oversized_frame(nodeworker: Worker) -> None:
-    nodeworker.write_raw(b"\xff\xff\xff\xff")
-    assert nodeworker.wait() == F.EXIT_PROTOCOL_ERROR

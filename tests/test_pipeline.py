@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,16 +112,65 @@ async def test_a_crash_fails_every_request_the_worker_held() -> None:
         assert sorted(failed) == [0, 1, 2, 3]
 
 
-async def test_a_worker_without_the_capability_takes_one_request_at_a_time() -> None:
+# A protocol-1 worker in a few lines, without the "pipeline" capability.
+_PLAIN_WORKER = """
+import json, os, struct, sys
+def read():
+    header = sys.stdin.buffer.read(4)
+    if len(header) < 4:
+        sys.exit(0)
+    return json.loads(sys.stdin.buffer.read(struct.unpack(">I", header)[0]))
+def write(msg):
+    data = json.dumps(msg).encode()
+    sys.stdout.buffer.write(struct.pack(">I", len(data)) + data)
+    sys.stdout.buffer.flush()
+write({"t": "hello", "protocol": 1, "pid": os.getpid(), "codecs": ["json"], "capabilities": ["call", "ping"]})
+read()
+write(["ready", 0, {"pid": os.getpid()}])
+while True:
+    msg = read()
+    if msg[0] == "shutdown":
+        sys.exit(0)
+    write(["pong", msg[1]] if msg[0] == "ping" else ["ok", msg[1], sum(msg[3])])
+"""
+
+
+async def test_a_worker_without_the_capability_takes_one_request_at_a_time(tmp_path: Path) -> None:
+    script = tmp_path / "plain_worker.py"
+    script.write_text(_PLAIN_WORKER)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            worker = await nursery.start(Worker(Command([sys.executable, str(script)]), pipeline=4).run)
+            assert worker.depth == 1
+            assert await worker.call("add", 2, 3) == 5
+            worker.stop()
+
+
+async def test_a_node_worker_pipelines_and_is_cancelled_by_name() -> None:
+    """The Node.js worker offers "pipeline": a cancel frame abandons its running call at
+    once, and the SIGINT that may follow is ignored (it could hit the next call)."""
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             worker = await nursery.start(
-                Worker(Command(["node", "examples/node_worker/worker.js"]), pipeline=4).run
+                Worker(Command(["node", "examples/node_worker/worker.js"]), pipeline=4, cancel_grace=5).run
             )
-            assert worker.depth == 1
-            assert await worker.call("add", 2, 3) == 5
+            assert worker.depth == 4
+            pid = worker.pid
+            results: dict[int, object] = {}
+
+            async def call(i: int) -> None:
+                results[i] = await worker.call("add", i, 1)
+
+            await _collect(40, call)
+            assert results == {i: i + 1 for i in range(40)}
+            for _ in range(3):
+                with trio.move_on_after(0.2) as scope:
+                    await worker.call("sleep", 30)
+                assert scope.cancelled_caught
+                assert await worker.call("sleep", 0.3) == 0.3  # no late SIGINT hits it
+            assert worker.pid == pid and worker.state is corral.WorkerState.READY
             worker.stop()
 
 
