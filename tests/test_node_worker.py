@@ -492,12 +492,14 @@ def test_the_largest_id_is_echoed_exactly(spawn: Any) -> None:
 
 def test_replies_are_valid_utf8_and_doubles_round_trip(spawn: Any) -> None:
     w = start_node(spawn)
-    lone = "a\ud800b\udfff"
-    w.send(["call", 1, "echo", [lone]])
-    payload = w.read_frame()
-    payload.decode("utf-8")  # strict: no lone surrogate bytes on the wire
-    assert b"\\ud800" in payload and b"\\udfff" in payload  # escaped, as JSON allows
-    assert F.get_codec("json").loads(payload) == ["ok", 1, lone]
+    # §4: no lone surrogate goes out, escaped or not: a result holding one is an EncodeError
+    w.write_raw(F.encode_frame(b'["call",1,"echo",["a\\ud800b"]]'))
+    kind, mid, info = w.read()
+    assert (kind, mid, info["type"]) == ("error", 1, "EncodeError")
+    assert "lone surrogate" in info["message"]
+    pair = "a\U0001f600 \\ud800"  # a real pair, and text that merely looks like an escape
+    payload = w.request("call", 9, "echo", [pair])
+    assert payload == ["ok", 9, pair]
     doubles = [0.1, 1 / 3, 1e-300, 5e-324, 1.7976931348623157e308, 2.0**53 + 2, -2.5e-8, 123456789.123456789]
     assert w.request("call", 2, "echo", [doubles]) == ["ok", 2, doubles]
 

@@ -124,11 +124,15 @@ function writeFrame(payload) {
   writeAll(1, frame); // header and payload in one write
 }
 
-// JSON.stringify writes doubles in their shortest round-trip form and escapes lone
-// surrogates as \udXXX (well-formed JSON.stringify, node >= 12), so every payload is
-// valid UTF-8. NaN and Infinity become null; -0 becomes 0.
+// JSON.stringify writes doubles in their shortest round-trip form; NaN and Infinity
+// become null, -0 becomes 0. It writes a lone surrogate as an escape (\udXXX; a pair
+// as the character itself), which protocol §4 forbids: such a value cannot be encoded.
+const LONE_SURROGATE = /(?<!\\)(?:\\\\)*\\u[dD][89a-fA-F][0-9a-fA-F]{2}/;
+
 function encode(message) {
-  return Buffer.from(JSON.stringify(message), "utf8");
+  const text = JSON.stringify(message);
+  if (LONE_SURROGATE.test(text)) throw new Error("a string holds a lone surrogate (not UTF-8)");
+  return Buffer.from(text, "utf8");
 }
 
 function send(message) {
