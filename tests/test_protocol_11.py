@@ -3,6 +3,7 @@ streams with credit, start-up and call progress, named cancels (docs/protocol.md
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -223,9 +224,10 @@ async def test_a_call_reports_progress_to_its_callback() -> None:
                 await pool.call("bad_progress")
 
 
-async def test_start_up_progress_shows_in_workers_and_events() -> None:
+async def test_start_up_progress_shows_in_workers_and_events(caplog: pytest.LogCaptureFixture) -> None:
     events: list[corral.WorkerEvent] = []
     env = {"CORRAL_TEST_INIT_STEPS": "5"}
+    caplog.set_level(logging.DEBUG, logger="corral.worker")
     with trio.fail_after(30):
         async with corral.open_pool(H, size=1, env=env, on_event=events.append) as pool:
             info = pool.workers()[0]
@@ -234,6 +236,22 @@ async def test_start_up_progress_shows_in_workers_and_events() -> None:
             assert info.startup_seconds is not None and info.startup_seconds >= 0.1
             progress = [e.detail for e in events if e.action == "progress"]
             assert progress == [f"{k * 20}% step {k}" for k in range(1, 6)]
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("starting: ")]
+    assert logged[-1].startswith("starting: 1.0 step 5 (")
+
+
+async def test_progress_does_not_extend_init_timeout() -> None:
+    """init_timeout stays the hard cap on a start-up, however often the worker reports."""
+    env = {"CORRAL_TEST_INIT_STEPS": "100"}  # 100 reports, 20 ms apart: 2 s in all
+    worker = corral.Worker(corral.PythonModule(H, env=env), init_timeout=0.5)
+    started = trio.current_time()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(corral.InitTimeout):
+                await nursery.start(worker.run)
+    assert trio.current_time() - started < 1.5
+    assert worker.progress is not None and worker.progress.fraction is not None
+    assert worker.progress.fraction < 1.0  # it was still reporting when it was cut off
 
 
 # -------------------------------------------------------------------- named cancels
