@@ -407,6 +407,7 @@ class _Server:
         self.last_done = 0  # highest id answered: later cancels of it are stale
         self.reading = False  # (about to be) blocked reading requests, or decoding them
         self.drain_wanted = False  # a SIGINT asked for a drain while we were reading
+        self.draining = False  # the SIGINT handler is draining (its fd non-blocking)
         self.streaming: int | None = None  # the id of the stream running now
         self.credit = 0  # chunks that stream may still send before the parent grants more
         self.masked = False  # a frame is being written: an interrupt now would tear it
@@ -513,11 +514,20 @@ class _Server:
             # Requests may be queued: interrupt only one the parent named in a "cancel"
             # frame, which it wrote before signalling. Pull those frames in first, but
             # not while the main flow reads (or decodes): it drains as soon as it can,
-            # and a stream waiting for credit then sees its cancel itself.
-            if self.reading:
+            # and a stream waiting for credit then sees its cancel itself. Nor while
+            # this handler drains already (a second signal in the first one's drain):
+            # the first drains again for it.
+            if self.reading or self.draining:
                 self.drain_wanted = True
                 return
-            self._drain()
+            self.draining = True
+            try:
+                self._drain()
+                while self.drain_wanted:
+                    self.drain_wanted = False
+                    self._drain()
+            finally:
+                self.draining = False
             mid = self.current
             if mid is None or mid not in self.cancelled:
                 return
