@@ -197,6 +197,23 @@ class FakeWorker:
         self.served += 1
         return fn(*args, **kwargs)
 
+    async def submit(
+        self,
+        kind: str,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        movable: bool,
+    ) -> Any:
+        if kind == "call":
+            return await self.call(target, *args, timeout=timeout, **kwargs)
+        return await self.run_sync(target, *args, timeout=timeout, **kwargs)
+
+    def withdraw_one(self) -> bool:
+        return False  # one request at a time: nothing ever waits in a fake worker's queue
+
     @asynccontextmanager
     async def stream(
         self,

@@ -107,3 +107,19 @@ def sleep(seconds: float) -> float:
 
 def bad_progress() -> None:
     progress(1.5, "too far")
+
+
+def record(token: str, seconds: float) -> str:
+    """Log this invocation (one line, O_APPEND), then sleep: at-most-once tests count."""
+    fd = os.open(os.environ["CORRAL_TEST_MARKS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{token}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return token
+
+
+def record_and_crash(token: str) -> None:
+    record(token, 0)
+    os._exit(7)

@@ -194,16 +194,21 @@ def test_handshake(spawn: Any, via_m: bool) -> None:
     assert hello["pid"] == w.proc.pid
     assert hello["codecs"] == ["pickle", "json"]
     assert hello["runtime"].startswith(f"{sys.implementation.name}/{sys.version_info.major}.")
-    assert set(hello["capabilities"]) == {
-        "call",
-        "apply",
-        "ping",
-        "cancel",
-        "pipeline",
-        "kwargs",
-        "stream",
-        "progress",
-    }
+    assert (
+        set(hello["capabilities"])
+        == set(F.CAPABILITIES)
+        == {
+            "call",
+            "apply",
+            "ping",
+            "cancel",
+            "pipeline",
+            "kwargs",
+            "stream",
+            "progress",
+            "withdraw",
+        }
+    )
     w.welcome("pickle", "tests.handlers_basic")
     assert w.read() == ("ready", 0, {"pid": w.proc.pid})
     assert w.request("call", 1, "getpid", ()) == ("ok", 1, w.proc.pid)

@@ -303,10 +303,10 @@ def test_salvage_request_id() -> None:
 def test_worked_example_from_the_spec() -> None:
     """docs/protocol.md §8, byte by byte: the hello, the welcome, and every frame of the
     session (its header is its payload's length; its payload is a JSON message)."""
-    caps = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress"]
+    caps = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress", "withdraw"]
     hello = P.make_hello(4242, "example/1.0", ["json"], caps)
     frame = P.encode_frame(P.encode_json_object(hello))
-    assert frame[:4].hex(" ") == "00 00 00 9f"
+    assert frame[:4].hex(" ") == "00 00 00 aa"
     assert frame[4:20].hex(" ") == "7b 22 74 22 3a 22 68 65 6c 6c 6f 22 2c 22 70 72"
     spec = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
     assert frame[4:].decode() in spec
@@ -316,10 +316,10 @@ def test_worked_example_from_the_spec() -> None:
     lines = [
         line for line in section.splitlines() if line.startswith(("parent → worker  0", "worker → parent  0"))
     ]
-    assert len(lines) == 18
+    assert len(lines) == 23
     codec = P.get_codec("json")
     for line in lines:
-        header, payload = line[17:28], line[30:]
+        header, payload = line[17:28], line[30:].removesuffix("   (then SIGINT)")
         message = codec.loads(payload.encode())
         if header.endswith(".."):  # the error reply's traceback is elided
             assert message[0] == "error"

@@ -244,3 +244,28 @@ def test_signals_in_quick_succession_never_wedge_the_read_ahead(launch: Any) -> 
             w.proc.send_signal(signal.SIGINT)
         assert w.read(timeout=5) == ["cancelled", mid]
     assert w.request("ping", 99) == ["pong", 99]
+
+
+def test_a_withdrawn_queued_request_is_given_back_at_once_and_never_runs(launch: Any) -> None:
+    """``withdraw`` (docs/protocol.md §5): a request still queued is answered
+    "withdrawn" at once, out of order, while the call ahead of it runs; one that runs,
+    or was answered, is not withdrawn (its own reply comes)."""
+    w: Worker = launch()
+    start(w)
+    assert w.read()[0] == "ready"
+    w.send(["call", 1, "sleep", [1.0]])
+    w.send(["call", 2, "sleep", [0]])
+    w.send(["call", 3, "greet", ["c"]])
+    time.sleep(0.2)  # call 1 runs, 2 and 3 wait
+    w.send(["withdraw", 3])
+    w.send(["withdraw", 1])  # it runs: stale
+    w.proc.send_signal(signal.SIGINT)  # named cancels: the signal only makes it read
+    assert w.read(timeout=0.7) == ["withdrawn", 3]  # before call 1 has finished
+    w.send(["cancel", 2])  # a later cancel still counts (3's answer did not retire 2)
+    w.proc.send_signal(signal.SIGINT)
+    assert w.read(timeout=5) == ["ok", 1, 1.0]
+    assert w.read(timeout=5) == ["cancelled", 2]
+    w.send(["withdraw", 2])  # answered already: stale
+    assert w.request("ping", 4) == ["pong", 4]
+    w.send(["call", 5, "greet", ["e"]])
+    assert w.read() == ["ok", 5, "hello e"]

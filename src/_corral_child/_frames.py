@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1  # the major version: 1.1 adds capabilities, not a new number
 #: What the Python runtime offers (docs/protocol.md §3); the last three are 1.1's.
-CAPABILITIES = ("call", "apply", "ping", "cancel", "pipeline", "kwargs", "stream", "progress")
+CAPABILITIES = ("call", "apply", "ping", "cancel", "pipeline", "kwargs", "stream", "progress", "withdraw")
 #: The 1.1 capabilities a parent lists in the welcome's ``features`` when it uses them.
-FEATURES = ("kwargs", "stream", "progress")
+FEATURES = ("kwargs", "stream", "progress", "withdraw")
 HEADER_SIZE = 4
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024  # 67108864
 MAX_FRAME_LIMIT = 0xFFFFFFFF  # largest length a 4-byte header can express

@@ -408,6 +408,10 @@ class _Server:
         self.reading = False  # (about to be) blocked reading requests, or decoding them
         self.drain_wanted = False  # a SIGINT asked for a drain while we were reading
         self.draining = False  # the SIGINT handler is draining (its fd non-blocking)
+        self.withdraw_wanted: set[int] = set()  # ids the parent asks back ("withdraw")
+        self.skipped: set[int] = set()  # answered "withdrawn", out of order: not in last_done
+        self.withdraw_later = False  # a withdrawal came while a frame was being written
+        self.answering = False  # _answer_withdrawals runs
         self.streaming: int | None = None  # the id of the stream running now
         self.credit = 0  # chunks that stream may still send before the parent grants more
         self.masked = False  # a frame is being written: an interrupt now would tear it
@@ -420,6 +424,7 @@ class _Server:
             "ping": self._on_ping,
             "cancel": self._on_cancel,
             "credit": self._on_credit,
+            "withdraw": self._on_withdraw,
             "shutdown": self._on_shutdown,
         }
 
@@ -477,6 +482,8 @@ class _Server:
         except _frames.ProtocolError as exc:
             _fatal(_frames.EXIT_PROTOCOL_ERROR, str(exc))
         self._enqueue(frames)
+        if self.withdraw_wanted:
+            self._answer_withdrawals()
         if not self.queue:
             big = self.decoder.take_big()
             if big is not None:  # the rest of the frame belongs to _read_rest alone
@@ -504,6 +511,8 @@ class _Server:
                 continue
             if kind == "credit" and self._note_credit(msg):
                 continue
+            if kind == "withdraw" and self._note_withdraw(msg):
+                continue
             queue.append(msg)
 
     # -- cancellation (docs/protocol.md §6)
@@ -528,6 +537,11 @@ class _Server:
                     self._drain()
             finally:
                 self.draining = False
+            if self.withdraw_wanted:
+                if self.masked:  # a frame is being written: answer right after it
+                    self.withdraw_later = True
+                else:
+                    self._answer_withdrawals()
             mid = self.current
             if mid is None or mid not in self.cancelled:
                 return
@@ -569,9 +583,45 @@ class _Server:
         """True when ``msg`` is a well-formed "cancel" request (now recorded)."""
         if len(msg) != 2 or type(msg[1]) is not int:
             return False
-        if msg[1] > self.last_done:
+        if msg[1] > self.last_done and msg[1] not in self.skipped:
             self.cancelled.add(msg[1])
         return True
+
+    def _note_withdraw(self, msg: Any) -> bool:
+        """True when ``msg`` is a well-formed "withdraw" request (now recorded)."""
+        if len(msg) != 2 or type(msg[1]) is not int:
+            return False
+        if msg[1] > self.last_done and msg[1] not in self.skipped and msg[1] != self.current:
+            self.withdraw_wanted.add(msg[1])
+        return True
+
+    def _answer_withdrawals(self) -> None:
+        """Give back the queued requests the parent withdrew: each is answered
+        "withdrawn" now, out of order, and will never run (docs/protocol.md §5). One
+        that runs or has been answered is not withdrawn: its own reply comes."""
+        if self.answering:
+            self.withdraw_later = True
+            return
+        self.answering = True
+        try:
+            again = True
+            while again:  # a signal during a reply below may bring more
+                self.withdraw_later = False
+                wanted = self.withdraw_wanted
+                queued = [m for m in self.queue if type(m) in (list, tuple) and len(m) > 2 and m[1] in wanted]
+                for msg in queued:
+                    if msg[0] in ("call", "apply", "stream"):
+                        self.queue.remove(msg)
+                        self._withdrawn(msg[1])
+                again = self.withdraw_later
+        finally:
+            self.answering = False
+
+    def _withdrawn(self, mid: int) -> None:
+        self.withdraw_wanted.discard(mid)
+        self.cancelled.discard(mid)
+        self.skipped.add(mid)
+        self.send(self.dumps(("withdrawn", mid)))
 
     def _note_credit(self, msg: Any) -> bool:
         """True when ``msg`` is a well-formed "credit" (counted if its stream runs)."""
@@ -626,6 +676,10 @@ class _Server:
         if not self._note_credit(msg):
             self._bad_request(msg)
 
+    def _on_withdraw(self, msg: Any) -> None:
+        if not self._note_withdraw(msg):
+            self._bad_request(msg)
+
     def _on_shutdown(self, msg: Any) -> NoReturn:
         try:
             import atexit
@@ -650,6 +704,9 @@ class _Server:
         mid: int = msg[1]
         if mid in self.cancelled:
             self.send(self.dumps(("cancelled", mid)), mid)
+            return None
+        if mid in self.withdraw_wanted:  # withdrawn while it was still a raw frame
+            self._withdrawn(mid)
             return None
         return mid
 
@@ -719,6 +776,9 @@ class _Server:
             _exit(_frames.EXIT_OK)  # the parent closed the reply pipe: it is gone
         finally:
             self.masked = False
+        if self.withdraw_later:
+            self.withdraw_later = False
+            self._answer_withdrawals()
         if self.deferred:
             self.deferred = False
             self.current = None
@@ -736,10 +796,20 @@ class _Server:
         if mid is not None:
             self.last_done = mid
             self.cancelled.discard(mid)
+            if self.withdraw_wanted:
+                self.withdraw_wanted.discard(mid)  # it ran: a withdrawal of it is stale
+            if self.skipped:
+                self.skipped = {m for m in self.skipped if m > mid}
+        self.masked = True  # a SIGINT's withdrawals must not write into this frame
         try:
             write_frame(self.reply_fd, data, self.max_frame)
         except OSError:
             _exit(_frames.EXIT_OK)  # the parent closed the reply pipe: it is gone
+        finally:
+            self.masked = False
+        if self.withdraw_later:
+            self.withdraw_later = False
+            self._answer_withdrawals()
 
     # -- requests that cannot be answered normally
 

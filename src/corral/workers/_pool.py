@@ -44,7 +44,7 @@ from corral.workers._member import Member, Waiter
 from corral.workers._options import DEFAULT_BACKOFF, DEFAULT_MAX_FRAME, PoolOptions
 from corral.workers._placement import Placements
 from corral.workers._remote import SSH
-from corral.workers._requests import ProgressCallback
+from corral.workers._requests import ProgressCallback, Withdrawn
 from corral.workers._seam import PoolWorker, WorkerFactory, process_worker
 from corral.workers._sessions import SessionTable
 from corral.workers._slots import Slots
@@ -189,7 +189,7 @@ class Pool:
         if not isinstance(name, str):
             raise TypeError(f"pool.call() takes the handler's name as a str, got {name!r}")
         member = await self._acquire(session, None)
-        return await self._call_on(member, "call", name, args, timeout, kwargs, on_progress)
+        return await self._call_on(member, "call", name, args, timeout, kwargs, on_progress, session is None)
 
     async def run_sync(
         self,
@@ -273,18 +273,26 @@ class Pool:
         timeout: float | None,
         kwargs: dict[str, Any],
         on_progress: ProgressCallback | None,
+        movable: bool = True,
     ) -> Any:
         telemetry = self._telemetry
         worker = member.worker
         start = trio.current_time()
         start_ns = time.time_ns() if telemetry.observers else 0
+        held: Member | None = member
         try:
-            if kind == "call":
-                result = await worker.call(target, *args, timeout=timeout, on_progress=on_progress, **kwargs)
-            else:
-                result = await worker.run_sync(
-                    target, *args, timeout=timeout, on_progress=on_progress, **kwargs
-                )
+            while True:
+                try:
+                    result = await worker.submit(kind, target, args, kwargs, timeout, on_progress, movable)
+                    break
+                except Withdrawn:
+                    # It waited behind another call while a worker went idle: it was
+                    # given back unrun, and goes wherever a place is free first.
+                    telemetry.moved += 1
+                    self._release(member)
+                    held = None
+                    member = held = await self._acquire(None, None)
+                    worker = member.worker
         except BaseException as exc:
             if isinstance(exc, CorralError):
                 telemetry.failed += 1
@@ -292,7 +300,8 @@ class Pool:
                 telemetry.observe(_call_name(kind, target), worker, start_ns, exc)
             raise
         finally:
-            self._release(member)
+            if held is not None:
+                self._release(held)
         telemetry.served += 1
         telemetry.latencies.append(trio.current_time() - start)
         if telemetry.observers:
@@ -358,6 +367,7 @@ class Pool:
             sessions=len(self._sessions),
             start_failures=telemetry.start_failures,
             exits=dict(telemetry.exits),
+            moved=telemetry.moved,
         )
 
     @property

@@ -68,7 +68,18 @@ class _Pending:
     """A request in flight: its reply once read (by whichever caller is reading), or
     the error if the worker dies first; a stream's chunks as they come."""
 
-    __slots__ = ("abandoned", "chunks", "error", "event", "msg", "on_progress", "since", "window")
+    __slots__ = (
+        "abandoned",
+        "chunks",
+        "error",
+        "event",
+        "movable",
+        "msg",
+        "on_progress",
+        "since",
+        "window",
+        "withdrawing",
+    )
 
     def __init__(self, on_progress: ProgressCallback | None = None) -> None:
         self.error: BaseException | None = None
@@ -79,11 +90,18 @@ class _Pending:
         self.window = 0
         self.on_progress = on_progress
         self.since = trio.current_time() if on_progress is not None else 0.0  # progress: elapsed
+        self.movable = False  # the pool may ask it back while it waits in the worker's queue
+        self.withdrawing = False  # asked back ("withdraw"): "withdrawn" or its own reply comes
         # Exists only while its caller waits for another caller to read the reply for it.
         self.event: trio.Event | None = None
         # None while its caller waits. Once the caller was cancelled (its reply is
         # discarded), an Event set when the request settles: a reply or the worker's end.
         self.abandoned: trio.Event | None = None
+
+
+class Withdrawn(CorralError):
+    """Internal: the worker gave a queued request back unrun (``withdraw``); the pool
+    sends it to another worker. Never reaches a caller."""
 
 
 def remote_error(info: Any, codec_name: str) -> RemoteError:
@@ -227,6 +245,7 @@ class RequestTable:
         timeout: float | None,
         kwargs: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
+        movable: bool = False,
     ) -> Any:
         """Write the request, then read replies until ours has come.
 
@@ -235,6 +254,7 @@ class RequestTable:
         """
         request_id, payload = await self._admit(kind, target, args, kwargs)
         waiter = _Pending(on_progress)
+        waiter.movable = movable
         self.pending[request_id] = waiter
         worker = self._worker
         worker._busy()
@@ -350,6 +370,43 @@ class RequestTable:
     async def grant(self, request_id: int, n: int) -> None:
         """Let a stream's worker send ``n`` more chunks."""
         await self._send(self.codec.raw_dumps(("credit", request_id, n)))
+
+    def withdraw_one(self) -> bool:
+        """Ask the worker to give back the youngest movable request still waiting in its
+        queue (not the oldest unanswered one: that one runs, or is about to). True if
+        one was asked back: its caller then gets ``Withdrawn`` ("withdrawn", it never
+        ran) or its own reply (it had started): a request runs at most once."""
+        worker = self._worker
+        if "withdraw" not in self.features or worker._nursery is None or worker._proc is None:
+            return False
+        head = self._head()
+        for request_id in reversed(self.pending):
+            waiter = self.pending[request_id]
+            if request_id == head:
+                return False
+            if (
+                waiter.movable
+                and not waiter.withdrawing
+                and waiter.msg is None
+                and waiter.abandoned is None
+                and waiter.error is None
+                and waiter.chunks is None
+            ):
+                waiter.withdrawing = True
+                worker._nursery.start_soon(self._withdraw_queued, request_id)
+                return True
+        return False
+
+    async def _withdraw_queued(self, request_id: int) -> None:
+        """ "withdraw", then a SIGINT so that a worker busy in a handler reads it at once
+        (named cancels: the signal interrupts nothing that was not named)."""
+        try:
+            await self._send(self.codec.raw_dumps(("withdraw", request_id)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        proc = self._worker._proc
+        if proc is not None and request_id in self.pending and self.signals:
+            proc.signal(signal.SIGINT)
 
     def abandon_stream(self, request_id: int, waiter: _Pending) -> None:
         """The stream's consumer left before its end: stop it in the worker (a named
@@ -474,6 +531,8 @@ class RequestTable:
             raise remote_error(msg[2] if len(msg) > 2 else None, self.codec.name)
         if kind == "cancelled":
             raise RemoteError("KeyboardInterrupt", "the call was interrupted in the worker")
+        if kind == "withdrawn":
+            raise Withdrawn(f"worker {self._worker.id} gave request {request_id} back unrun")
         error = ProtocolError(f"worker {self._worker.id}: unknown reply kind {kind!r:.50}")
         self._worker._kill(error)
         raise error

@@ -16,6 +16,8 @@ The contract:
   the OS whether its process still exists.
 - ``depth`` is how many requests it holds at once once READY (1, or ``pipeline``).
 - ``call``/``run_sync`` raise corral's errors bare; ``stop()`` asks for a graceful end.
+- ``submit(..., movable=True)`` is a call the pool may move to another worker while it is still
+  queued (``withdraw_one``): it raises ``Withdrawn`` then, having never run.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ class PoolWorker(Protocol):
         on_progress: ProgressCallback | None = None,
         **kwargs: Any,
     ) -> Any: ...
+    async def submit(
+        self,
+        kind: str,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        movable: bool,
+    ) -> Any: ...
+    def withdraw_one(self) -> bool: ...
     def stream(
         self,
         name: str,

@@ -202,6 +202,17 @@ class Slots:
             self.start_soon(recycle, self, member)
             return
         self.checkout.give(member)
+        if member.holders == 0 and self.options.pipeline > 1:
+            self.rebalance(member)
+
+    def rebalance(self, idle: Member) -> None:
+        """``idle`` has nothing to do while calls wait in another worker's queue behind
+        a running one: ask the busiest worker to give one back, unrun, to be sent
+        here (at most once: a call that has started is not given back)."""
+        busy = [m for m in self.members.values() if m.holders > 1 and m is not idle and not m.exclusive]
+        for member in sorted(busy, key=lambda m: -m.holders):
+            if member.worker.withdraw_one():
+                return
 
     def forget(self, member: Member) -> None:
         """Remove a worker that ended: one record, one removal."""

@@ -38,6 +38,8 @@ class PoolStatistics:
     start_failures: int = 0
     #: Workers that ended, by reason: "stopped" (asked to), "crashed", "start_failed".
     exits: dict[str, int] = attrs.Factory(dict)
+    #: Calls that waited in a busy worker's queue and were moved, unrun, to a free one.
+    moved: int = 0
 
 
 @attrs.frozen
@@ -84,6 +86,7 @@ class Telemetry:
     failed: int = 0
     restart_attempts: int = 0  # every automatic restart attempt, failed ones included
     start_failures: int = 0
+    moved: int = 0  # queued calls given back by a busy worker and sent to a free one
     exits: dict[str, int] = attrs.Factory(dict)
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=2048))
     subscribers: list[Callable[[WorkerEvent], None]] = attrs.Factory(list)

@@ -479,7 +479,11 @@ class Worker:
         named = "pipeline" in capabilities
         if named:
             welcome["pipeline"] = True
-        features = [f for f in frames.FEATURES if f in capabilities and (named or f != "stream")]
+        # Streams and withdrawals need named cancels (a stream left early is cancelled;
+        # a withdrawal rides on the same read-ahead).
+        features = [
+            f for f in frames.FEATURES if f in capabilities and (named or f not in ("stream", "withdraw"))
+        ]
         if features:
             welcome["features"] = features
         self._requests.negotiated(
@@ -591,6 +595,25 @@ class Worker:
     ) -> Any:
         """Run a picklable callable in the worker (Python runtime only)."""
         return await self._requests.request("apply", fn, args, timeout, kwargs, on_progress)
+
+    async def submit(
+        self,
+        kind: str,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        movable: bool,
+    ) -> Any:
+        """A call or apply, as the pool makes them. A ``movable`` one may be asked back
+        while it waits in this worker's queue (``withdraw_one``): it then raises
+        ``Withdrawn``, having never run."""
+        return await self._requests.request(kind, target, args, timeout, kwargs, on_progress, movable)
+
+    def withdraw_one(self) -> bool:
+        """Ask back one movable request still queued here; True if one was asked."""
+        return self._requests.withdraw_one()
 
     @asynccontextmanager
     async def stream(
