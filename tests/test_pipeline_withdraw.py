@@ -98,3 +98,38 @@ async def test_moved_calls_run_at_most_once_and_every_caller_gets_one_outcome(
     runs = marks.read_text().split()
     assert len(runs) == len(set(runs)), sorted(t for t in runs if runs.count(t) > 1)
     assert len(outcomes) == sum(len(p) for p in plans)
+
+
+async def test_a_crash_fails_only_the_call_that_ran_the_queued_ones_move(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Pipelining keeps crash isolation: a worker runs its requests in order, so when
+    it dies (and all it wrote has been read) only its oldest unanswered call may have
+    started; the calls queued behind it never ran, and go to another worker."""
+    marks = tmp_path_factory.mktemp("marks") / "runs"
+    marks.touch()
+    results: dict[str, str] = {}
+
+    async def one(pool: corral.Pool, token: str, fn: str, seconds: float) -> None:
+        try:
+            await pool.call(fn, token, seconds)
+            results[token] = "ok"
+        except corral.WorkerCrashed:
+            results[token] = "crashed"
+
+    env = {"CORRAL_TEST_MARKS": str(marks)}
+    with trio.fail_after(30):
+        async with corral.open_pool(H, size=2, pipeline=4, env=env) as pool:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, pool, "long", "record", 0.6)
+                await trio.sleep(0.05)
+                nursery.start_soon(one, pool, "crash", "record_then_crash", 0.3)
+                await trio.sleep(0.05)
+                for i in range(6):  # ties: some queue behind the crashing call
+                    nursery.start_soon(one, pool, f"z{i}", "record", 0.0)
+            moved = pool.statistics().moved
+    assert results.pop("crash") == "crashed"
+    assert set(results.values()) == {"ok"}, results
+    runs = marks.read_text().split()
+    assert sorted(runs) == sorted({*runs}), runs  # nothing ran twice
+    assert moved > 0

@@ -578,11 +578,42 @@ class RequestTable:
         if not self.pending:
             self._worker._idle()
 
-    def fail_all(self, error: BaseException) -> None:
-        """Fail every request in flight; free their places so queued callers see the state."""
+    async def read_to_end(self, limit: float = 1.0) -> bool:
+        """After the worker died: read what it wrote before dying (replies that are still
+        in the pipe), so that the oldest unanswered request is known to be the only one
+        it may have started. True once the end of its output was read."""
+        with trio.move_on_after(limit):
+            while self.reading:  # a caller reading meets the end at once: let it finish
+                await trio.sleep(0.005)
+            self.reading = True
+            try:
+                while True:
+                    frame = await self._next_frame()
+                    self._dispatch(
+                        self.loads(frame) if len(frame) < BIG_DECODE else await self.loads_off_loop(frame)
+                    )
+            except CHANNEL_ENDED:
+                return True
+            except ProtocolError:
+                return False
+            finally:
+                self.reading = False
+        return False
+
+    def fail_all(self, error: BaseException, *, resend_unstarted: bool = False) -> None:
+        """Fail every request in flight; free their places so queued callers see the state.
+
+        ``resend_unstarted`` (the worker died and everything it wrote was read): a
+        worker runs its requests in order, so only the oldest unanswered one may have
+        started; the movable ones behind it fail with ``Withdrawn`` instead, and the
+        pool sends them to another worker (they run at most once)."""
+        head = self._head() if resend_unstarted else None
         while self.pending:
-            _, waiter = self.pending.popitem()
-            waiter.error = error
+            request_id, waiter = self.pending.popitem()
+            if resend_unstarted and request_id != head and waiter.movable and waiter.msg is None:
+                waiter.error = Withdrawn(f"worker {self._worker.id} died before request {request_id} started")
+            else:
+                waiter.error = error
             if waiter.event is not None:
                 waiter.event.set()
             if waiter.abandoned is not None:

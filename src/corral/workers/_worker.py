@@ -359,14 +359,19 @@ class Worker:
             self.last_exit = "stopped"
             return
         error = self._fatal or self._crash_error(proc)
+        # A crash or a timeout (not garbage on the channel): once all it wrote is read,
+        # the requests queued behind the one it ran never started, and can go elsewhere.
+        resend = (
+            self._fatal is None or isinstance(error, RequestTimeout)
+        ) and await self._requests.read_to_end()
         if isinstance(error, RequestTimeout):
             # The timed-out caller has its RequestTimeout; the others it shared the worker
             # with (pipelining) lost theirs to the kill: for them it is a crash.
             bystanders = self._crash_error(proc)
             bystanders.args = (f"worker {self.id} was killed: another request timed out ({error})",)
-            self._requests.fail_all(bystanders)
+            self._requests.fail_all(bystanders, resend_unstarted=resend)
         else:
-            self._requests.fail_all(error)
+            self._requests.fail_all(error, resend_unstarted=resend)
         self.last_exit = self._describe(proc)
         self._to(WorkerState.FAILED)
         raise error
