@@ -133,3 +133,20 @@ async def test_a_crash_fails_only_the_call_that_ran_the_queued_ones_move(
     runs = marks.read_text().split()
     assert sorted(runs) == sorted({*runs}), runs  # nothing ran twice
     assert moved > 0
+
+
+async def test_a_call_that_times_out_in_the_queue_is_given_back_and_the_worker_lives() -> None:
+    """request_timeout counts the time a call waits in the worker's queue; when it runs
+    out there, the call is given back unrun: RequestTimeout for its caller, and the call
+    ahead of it (and the worker) carry on."""
+    with trio.fail_after(30):
+        async with corral.open_pool(H, size=1, pipeline=4) as pool:
+            pid = pool.workers()[0].pid
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.call, "sleep", 1.0)
+                await trio.sleep(0.1)
+                with pytest.raises(corral.RequestTimeout, match="given back unrun"):
+                    await pool.call("greet", "late", timeout=0.2)
+            assert pool.workers()[0].pid == pid
+            assert pool.statistics().restarts == 0
+            assert await pool.call("greet", "x") == "hello x"

@@ -86,7 +86,7 @@ class PoolOptions:
     start_method: str = attrs.field(
         default="spawn", validator=one_of(("spawn", "forkserver"), '"spawn" or "forkserver"')
     )
-    pipeline: int = attrs.field(default=1, validator=integer(minimum=1))
+    pipeline: int = attrs.field(default=4, validator=integer(minimum=1))
     stream_window: int = attrs.field(default=8, validator=integer(minimum=1))
     #: Subscribed before the first worker starts: sees every worker event.
     on_event: Callable[[WorkerEvent], None] | None = None

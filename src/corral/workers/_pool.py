@@ -109,7 +109,7 @@ class Pool:
         name: str | None = None,
         hosts: Sequence[SSH | Command | PythonModule | str] | None = None,
         start_method: str = "spawn",
-        pipeline: int = 1,
+        pipeline: int = 4,
         stream_window: int = 8,
         on_event: Callable[[WorkerEvent], None] | None = None,
         codec: str | None = None,

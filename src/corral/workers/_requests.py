@@ -272,7 +272,11 @@ class RequestTable:
                     written = True
                     msg = await self._reply_for(waiter)
                 if scope.cancelled_caught:
-                    raise self._timed_out(kind, target, timeout)
+                    msg = await self._give_back(request_id, waiter) if written else None
+                    if msg is None:
+                        raise self._timed_out(kind, target, timeout)
+                    if msg[0] == "withdrawn":
+                        raise self._timed_out_queued(request_id, msg, kind, target, timeout)
         except trio.Cancelled:
             if written:
                 self._abandon(request_id, waiter)
@@ -550,6 +554,32 @@ class RequestTable:
         return ProtocolError(
             f"worker {self._worker.id}: the {kind} request encodes to {size} bytes, more than "
             f"max_frame={max_frame}; it was not sent"
+        )
+
+    async def _give_back(self, request_id: int, waiter: _Pending) -> Any:
+        """A request timed out: if it still waits in the worker's queue behind another
+        one, ask for it back. Its answer (``withdrawn``, or its reply if it had started
+        and has finished meanwhile) within ``cancel_grace``, else None: it runs, and the
+        worker must be killed."""
+        if "withdraw" not in self.features or waiter.msg is not None or request_id == self._head():
+            return None
+        waiter.withdrawing = True
+        await self._withdraw_queued(request_id)
+        with trio.move_on_after(self._options.cancel_grace):
+            return await self._reply_for(waiter)
+        return None
+
+    def _timed_out_queued(
+        self, request_id: int, msg: Any, kind: str, target: Any, timeout: float
+    ) -> RequestTimeout:
+        try:
+            self._settle(request_id, msg)
+        except Withdrawn:
+            pass
+        return RequestTimeout(
+            f"worker {self._worker.id}: {kind} {target if kind == 'call' else ''} waited longer than "
+            f"{timeout} s behind another request in the worker's queue; it was given back unrun "
+            "and the worker serves on"
         )
 
     def _timed_out(self, kind: str, target: Any, timeout: float, which: str = "") -> RequestTimeout:
