@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node not installed")
 spawn = harness.spawn  # the fixture: workers spawned through it are killed at teardown
 
 QUIET = 0.3  # how long "nothing more arrives" is watched for
-CAPABILITIES_1_1 = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress"]
+CAPABILITIES_1_1 = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress", "withdraw"]
 
 
 def start_node(
@@ -405,6 +405,84 @@ def test_without_pipeline_sigint_stops_a_running_stream(spawn: Any) -> None:
     assert w.request("ping", 2) == ["pong", 2]
 
 
+# ------------------------------------------------------------------ 1.1: withdraw
+
+
+def test_a_withdrawn_queued_call_is_given_back_at_once_and_never_runs(spawn: Any) -> None:
+    """`withdraw` (docs/protocol.md §5): a queued call is answered `withdrawn` at once,
+    ahead of the running call's reply, and never runs; a withdraw of the running call,
+    of an answered id or of an unknown id is ignored. The SIGINT that follows a withdraw
+    is ignored (welcome "pipeline": true)."""
+    w = start_node(spawn, features=["withdraw"], pipeline=True)
+    w.send(["call", 1, "sleep", [1.0]])
+    w.send(["call", 2, "fail", ["must not run"]])  # running it would send an error reply
+    w.send(["ping", 3])
+    time.sleep(0.2)  # call 1 runs, 2 and 3 wait
+    started = time.monotonic()
+    w.send(["withdraw", 2])
+    w.send(["withdraw", 1])  # it runs: ignored, its own reply comes
+    w.send(["withdraw", 77])  # unknown: ignored
+    w.proc.send_signal(signal.SIGINT)  # what the parent sends after a withdraw
+    assert w.read(timeout=0.6) == ["withdrawn", 2]  # while call 1 still sleeps
+    assert time.monotonic() - started < 0.6
+    assert w.read(timeout=5) == ["ok", 1, 1.0]
+    assert w.read() == ["pong", 3]
+    w.send(["withdraw", 2])  # answered already: ignored
+    w.send(["withdraw", 1])
+    assert w.request("call", 4, "add", [1, 2]) == ["ok", 4, 3]
+    assert_quiet(w)  # no reply of call 2, none for a withdraw
+    assert w.proc.poll() is None
+
+
+def test_a_cancel_of_an_earlier_request_still_works_after_a_later_one_was_withdrawn(spawn: Any) -> None:
+    w = start_node(spawn, features=["withdraw"], pipeline=True)
+    w.send(["call", 1, "sleep", [30]])
+    w.send(["call", 2, "fail", ["must not run"]])
+    w.send(["call", 3, "fail", ["must not run either"]])
+    w.send(["call", 4, "add", [2, 3]])
+    time.sleep(0.1)
+    w.send(["withdraw", 3])
+    assert w.read() == ["withdrawn", 3]
+    w.send(["cancel", 2])  # queued, earlier than the withdrawn id: still counts
+    w.send(["cancel", 1])  # running: abandoned at once
+    assert w.read(timeout=5) == ["cancelled", 1]
+    assert w.read() == ["cancelled", 2]
+    assert w.read() == ["ok", 4, 5]
+    w.send(["cancel", 3])  # answered (withdrawn) already: ignored
+    assert w.request("ping", 5) == ["pong", 5]
+    assert_quiet(w, 0.1)
+
+
+def test_a_withdrawn_queued_stream_never_starts_and_a_running_one_is_not_withdrawn(spawn: Any) -> None:
+    w = start_node(spawn, features=["stream", "withdraw"], pipeline=True)
+    w.send(["call", 1, "sleep", [0.5]])
+    w.send(["stream", 2, "slow_count", [3, 0], {}, 4])
+    time.sleep(0.1)
+    w.send(["withdraw", 2])
+    assert w.read() == ["withdrawn", 2]
+    assert w.read(timeout=5) == ["ok", 1, 0.5]
+    assert w.request("ping", 3) == ["pong", 3]
+    assert "slow_count finally" not in w.stderr  # the stream never started
+    w.send(["stream", 4, "slow_count", [3, 0.1], {}, 4])
+    assert w.read() == ["chunk", 4, 0]
+    w.send(["withdraw", 4])  # it runs: ignored, the stream goes on
+    assert [w.read() for _ in range(3)] == [["chunk", 4, 1], ["chunk", 4, 2], ["ok", 4, None]]
+    wait_for_stderr(w, "slow_count finally 4")
+    assert_quiet(w, 0.1)
+
+
+def test_a_request_withdrawn_during_start_up_is_answered_right_after_ready(spawn: Any) -> None:
+    env = {"CORRAL_NODE_INIT_STEPS": "5"}
+    w = start_node(spawn, features=["withdraw"], pipeline=True, env=env, expect_ready=False)
+    w.send(["call", 1, "sleep", [0.2]])
+    w.send(["call", 2, "fail", ["must not run"]])
+    w.send(["withdraw", 2])
+    assert w.read()[0] == "ready"  # nothing goes out before it
+    assert w.read() == ["withdrawn", 2]
+    assert w.read() == ["ok", 1, 0.2]
+    assert_quiet(w, 0.1)
+
+
 # ------------------------------------------------------------------ 1.1: progress
 
 
@@ -476,6 +554,9 @@ def test_an_undecodable_request_with_a_readable_id_gets_a_decode_error(spawn: An
         b'["call",1.5,"echo",[',
         b'["cancel",x',
         b'["credit",null,1]',
+        b'["withdraw"]',
+        b'["withdraw","3"]',
+        b'["withdraw",-1]',
     ],
 )
 def test_a_request_without_a_readable_id_exits_4(spawn: Any, payload: bytes) -> None:

@@ -4,7 +4,8 @@
 //
 //   corral.open_pool(corral.Command(["node", "examples/node_worker/worker.js"]), size=2)
 //
-// Codec: json. Capabilities: call, ping, cancel, pipeline, kwargs, stream, progress.
+// Codec: json. Capabilities: call, ping, cancel, pipeline, kwargs, stream, progress,
+// withdraw.
 // Handlers: echo(x), add(a, b), fail(msg) (throws), sleep(seconds) (async),
 // greet(name, opts) (keyword arguments), work(steps) (reports progress),
 // count(n), tokens(text), slow_count(n, delay), fail_after(n, msg) (streams: generators).
@@ -18,7 +19,7 @@ const DEFAULT_MAX_FRAME = 64 * 1024 * 1024;
 const MAX_FRAME_LIMIT = 2 ** 32 - 1;
 const EXIT_INIT_FAILED = 3;
 const EXIT_PROTOCOL_ERROR = 4;
-const CAPABILITIES = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress"];
+const CAPABILITIES = ["call", "ping", "cancel", "pipeline", "kwargs", "stream", "progress", "withdraw"];
 
 const delay = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 
@@ -270,7 +271,7 @@ function preview(text) {
   return JSON.stringify(text.length > 200 ? `${text.slice(0, 200)}...` : text);
 }
 
-// Every frame after the welcome, as it arrives (so cancel and credit act at once).
+// Every frame after the welcome, as it arrives (so cancel, credit and withdraw act at once).
 function onRequestFrame(frame) {
   let text;
   let msg;
@@ -295,6 +296,7 @@ function onRequestFrame(frame) {
   const id = msg[1];
   if (!isId(id)) die(EXIT_PROTOCOL_ERROR, `malformed request without an id: ${preview(text)}`);
   if (kind === "cancel") cancel(id);
+  else if (kind === "withdraw") withdraw(id);
   else if (kind === "credit") credit(id, msg[2]);
   else queue.push(parseRequest(kind, id, msg, text));
 }
@@ -521,6 +523,27 @@ function cancel(id) {
   // else: answered already (or never sent): ignored
 }
 
+// --- withdrawal (capability "withdraw", §5) ----------------------------------------------
+// A call or stream still queued is given back at once: answered ["withdrawn", id] ahead
+// of the running request's reply, removed from the queue, never run (a pending cancel of
+// it is moot: "withdrawn" is its one reply). One that runs, was answered, or is unknown:
+// ignored, its own reply comes. Nothing records withdrawn ids, so a later cancel of an
+// earlier request still finds it running or queued. Before `ready` nothing but progress
+// may go out: a request withdrawn during start-up is answered right after `ready`.
+function withdraw(id) {
+  const req = queue.find((r) => r.id === id && (r.kind === "call" || r.kind === "stream"));
+  if (req === undefined) return;
+  req.withdrawn = true;
+  if (ready) answerWithdrawals();
+}
+
+function answerWithdrawals() {
+  for (let i = 0; i < queue.length; ) {
+    if (queue[i].withdrawn) reply(["withdrawn", queue.splice(i, 1)[0].id]);
+    else i++;
+  }
+}
+
 // SIGINT: with welcome "pipeline": true the parent names every cancel with a cancel
 // request, so the signal is ignored (it may land after the call it meant has finished).
 // Otherwise (a 1.0 parent) it cancels whatever runs, and is ignored when idle.
@@ -574,6 +597,7 @@ async function startUp(initArgs) {
   current = null;
   ready = true;
   send(["ready", 0, { pid: process.pid }]);
+  answerWithdrawals();
   pump();
 }
 
