@@ -199,6 +199,10 @@ class Slots:
         if not member.worker.available or member.forgotten or member.recycling:
             return
         if not self.closed and recycle_due(member, self.options):
+            # At once, not in the task: its other free places (pipelining) must not be
+            # handed out meanwhile.
+            member.recycling = True
+            self.checkout.remove_places(member)
             self.start_soon(recycle, self, member)
             return
         self.checkout.give(member)
