@@ -101,7 +101,7 @@ async def test_lazy_start_has_no_race_with_concurrent_callers() -> None:
 async def test_fifo_fairness_with_one_worker() -> None:
     order: list[int] = []
     with trio.fail_after(15):
-        async with open_pool(FAULTS, size=1, **FAST) as pool:
+        async with open_pool(FAULTS, size=1, pipeline=1, **FAST) as pool:
 
             async def caller(i: int) -> None:
                 order.append(await pool.call("echo", i))
@@ -118,7 +118,7 @@ async def test_fifo_fairness_with_one_worker() -> None:
 
 async def test_checkout_timeout() -> None:
     with trio.fail_after(10):
-        async with open_pool(FAULTS, size=1, checkout_timeout=0.2) as pool:
+        async with open_pool(FAULTS, size=1, pipeline=1, checkout_timeout=0.2) as pool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pool.call, "sleep", 0.8)
                 await trio.sleep(0.05)
@@ -424,7 +424,7 @@ async def test_node_pool_through_command() -> None:
 async def test_cancelled_waiter_leaves_the_queue_fair() -> None:
     order: list[str] = []
     with trio.fail_after(10):
-        async with open_pool(FAULTS, size=1, **FAST) as pool:
+        async with open_pool(FAULTS, size=1, pipeline=1, **FAST) as pool:
 
             async def caller(tag: str) -> None:
                 order.append(await pool.call("echo", tag))
@@ -452,7 +452,7 @@ async def test_cancelled_waiter_leaves_the_queue_fair() -> None:
 
 async def test_pool_saturated_when_the_wait_queue_is_full() -> None:
     with trio.fail_after(10):
-        async with open_pool(FAULTS, size=1, max_waiting=2, **FAST) as pool:
+        async with open_pool(FAULTS, size=1, pipeline=1, max_waiting=2, **FAST) as pool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pool.call, "sleep", 0.3)
                 await trio.sleep(0.05)
@@ -509,7 +509,7 @@ async def test_oversized_request_is_refused_without_replacing_the_worker() -> No
 async def test_close_fails_waiting_callers_with_pool_closed_and_drains_running_ones() -> None:
     results: dict[str, Any] = {}
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery, open_pool(FAULTS, size=1, **FAST) as pool:
+        async with trio.open_nursery() as nursery, open_pool(FAULTS, size=1, pipeline=1, **FAST) as pool:
 
             async def caller(tag: str, *args: Any) -> None:
                 try:

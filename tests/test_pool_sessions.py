@@ -13,7 +13,7 @@ import corral
 
 async def test_every_caller_waiting_on_a_dead_session_worker_gets_session_lost() -> None:
     with trio.fail_after(30):
-        async with corral.open_pool("tests.handlers_basic", size=2) as pool:
+        async with corral.open_pool("tests.handlers_basic", size=2, pipeline=1) as pool:
             pid = await pool.call("getpid", session="s")
             outcomes: list[str] = []
 

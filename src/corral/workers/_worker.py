@@ -359,11 +359,10 @@ class Worker:
             self.last_exit = "stopped"
             return
         error = self._fatal or self._crash_error(proc)
-        # A crash or a timeout (not garbage on the channel): once all it wrote is read,
-        # the requests queued behind the one it ran never started, and can go elsewhere.
-        resend = (
-            self._fatal is None or isinstance(error, RequestTimeout)
-        ) and await self._requests.read_to_end()
+        # A crash, a timeout, a kill for an ignored cancel (not garbage on the channel):
+        # once all it wrote is read, the requests queued behind the one it ran never
+        # started, and can go elsewhere.
+        resend = not isinstance(error, ProtocolError) and await self._requests.read_to_end()
         if isinstance(error, RequestTimeout):
             # The timed-out caller has its RequestTimeout; the others it shared the worker
             # with (pipelining) lost theirs to the kill: for them it is a crash.
