@@ -99,10 +99,10 @@ async def _corral(size: int) -> AsyncIterator[Caller]:
 
 
 @asynccontextmanager
-async def _corral_pipeline(size: int) -> AsyncIterator[Caller]:
+async def _corral_one_at_a_time(size: int) -> AsyncIterator[Caller]:
     import corral
 
-    async with corral.open_pool(HANDLERS, size=size, pipeline=4) as pool:
+    async with corral.open_pool(HANDLERS, size=size, pipeline=1) as pool:
         yield _CorralCaller(pool)
 
 
@@ -452,7 +452,7 @@ SYSTEMS: dict[str, Callable[[int], AbstractAsyncContextManager[Caller]]] = {
     "floor": _floor,
     "corral": _corral,
     "corral (forkserver)": _corral_forkserver,
-    "corral (pipeline=4)": _corral_pipeline,
+    "corral (pipeline=1)": _corral_one_at_a_time,
     "trio-parallel": _trio_parallel,
     "anyio.to_process": _anyio,
     "pebble": _pebble,
@@ -466,7 +466,7 @@ IMPORTS: dict[str, tuple[str, ...]] = {
     "floor": ("subprocess",),
     "corral": ("corral",),
     "corral (forkserver)": ("corral",),
-    "corral (pipeline=4)": ("corral",),
+    "corral (pipeline=1)": ("corral",),
     "trio-parallel": ("trio_parallel",),
     "anyio.to_process": ("anyio", "anyio.to_process"),
     "pebble": ("pebble",),
