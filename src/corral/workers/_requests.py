@@ -252,7 +252,7 @@ class RequestTable:
         No scheduling but the wait for the reply: a free place is taken without a yield
         (so the usability check still holds), and a small frame is one ``os.write``.
         """
-        request_id, payload = await self._admit(kind, target, args, kwargs)
+        request_id, payload = await self._admit(kind, target, args, kwargs, movable=movable)
         waiter = _Pending(on_progress)
         waiter.movable = movable
         self.pending[request_id] = waiter
@@ -291,12 +291,17 @@ class RequestTable:
         return self._settle(request_id, msg)
 
     async def _admit(
-        self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None, window: int = 0
+        self,
+        kind: str,
+        target: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        window: int = 0,
+        movable: bool = False,
     ) -> tuple[int, bytes]:
         """Take a place and encode the request: its id and its frame. Nothing is sent,
         so a request refused here leaves the worker unharmed."""
-        worker = self._worker
-        worker._check_usable()
+        self._usable(movable)
         places = self.places
         waited = places.free <= 0
         if waited:
@@ -305,7 +310,7 @@ class RequestTable:
             places.free -= 1
         try:
             if waited:
-                worker._check_usable()  # it may have died while we waited
+                self._usable(movable)  # it may have died while we waited
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
             request_id = next(self._ids)
@@ -326,6 +331,16 @@ class RequestTable:
             places.release()
             raise
         return request_id, payload
+
+    def _usable(self, movable: bool) -> None:
+        """Raise unless the worker takes requests; a movable request that finds it dead
+        was never sent, and goes to another worker (``Withdrawn``)."""
+        try:
+            self._worker._check_usable()
+        except WorkerCrashed:
+            if movable:
+                raise Withdrawn(f"worker {self._worker.id} ended before the request was sent") from None
+            raise
 
     async def open_stream(
         self,
