@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -18,11 +19,13 @@ import trio
 from corral._errors import CorralError, InvalidSpec
 from corral._shared import collapse, reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
-from corral.workers._forkserver import ForkServer, ForkServerLauncher
 from corral.workers._launch import Command, Launch, Launcher, PythonModule
 from corral.workers._process import Process, spawn_process
 from corral.workers._reaper import Reaper
-from corral.workers._remote import SSH
+
+if TYPE_CHECKING:  # imported where used: a pool without hosts= or the fork server never loads them
+    from corral.workers._forkserver import ForkServerLauncher
+    from corral.workers._remote import SSH
 
 logger = logging.getLogger("corral.pool")
 
@@ -68,6 +71,8 @@ def _placements(
         return [Placement(launcher, 1.0, Circuit(breaker), "local")]
     if isinstance(hosts, str) or not isinstance(hosts, Sequence) or not hosts:
         raise InvalidSpec("hosts", f"must be a non-empty list of hosts or corral.SSH(...), got {hosts!r}")
+    from corral.workers._remote import SSH
+
     module = handlers if isinstance(handlers, str) else None
     placements = []
     for i, host in enumerate(hosts):
@@ -105,6 +110,8 @@ class Placements:
         self.last_failure: BaseException | None = None  # why the last start failed
         self.forkserver: ForkServerLauncher | None = None
         if start_method == "forkserver":
+            from corral.workers._forkserver import ForkServer, ForkServerLauncher
+
             assert isinstance(launcher, PythonModule)
             server = ForkServer(launcher.module, launcher.python, launcher.env, launcher.cwd, init_timeout)
             self.forkserver = ForkServerLauncher(launcher, server)
