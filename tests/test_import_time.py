@@ -115,6 +115,9 @@ def test_a_supervisor_alone_never_loads_the_pool(env: dict[str, str]) -> None:
     new = _new_modules(env, "import trio, attrs", "from corral import Supervisor, ChildSpec")
     assert "corral.supervisor._supervisor" in new
     assert not [m for m in new if m.startswith(("corral.workers", "_corral_child"))]
+    # corral run: the process manager uses one function of the workers' (open_pidfd)
+    new = _new_modules(env, "import trio, attrs", "import corral.procman")
+    assert [m for m in new if m.startswith("corral.workers")] == ["corral.workers", "corral.workers._process"]
 
 
 def test_import_corral_costs_next_to_nothing(env: dict[str, str]) -> None:
@@ -158,21 +161,33 @@ def test_every_public_name_imports_from_a_fresh_interpreter(env: dict[str, str])
 
 
 def test_public_names_resolve_to_their_definitions() -> None:
-    for name in corral.__all__:
-        value = getattr(corral, name)
-        home = corral._HOME.get(name)
-        if home is not None:
-            assert value is getattr(sys.modules[home], name)
-    assert set(dir(corral)) >= set(corral.__all__)
+    for package in (corral, corral.workers):
+        for name in package.__all__:
+            value = getattr(package, name)
+            home = package._HOME.get(name)
+            if home is not None:
+                assert value is getattr(sys.modules[home], name)
+        assert set(dir(package)) >= set(package.__all__)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         corral.Nope  # noqa: B018
     assert not hasattr(corral.workers, "Nope")
 
 
-def test_the_lazy_table_matches_all_and_the_type_checking_imports() -> None:
-    """corral/__init__.py names each lazy name three times (``_LAZY``, ``__all__``, the
-    imports type checkers read); they must agree, and cover each subpackage's
-    ``__all__``."""
+def _type_checking_imports(path: Path) -> dict[str, set[str]]:
+    """module -> names, from the ``if TYPE_CHECKING:`` imports of ``path``."""
+    typed: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom) and stmt.module is not None
+                typed.setdefault(stmt.module, set()).update(a.name for a in stmt.names)
+    return typed
+
+
+def test_the_lazy_tables_match_all_and_the_type_checking_imports() -> None:
+    """Each lazy name is written three times (``_LAZY``, ``__all__``, the imports type
+    checkers read); they must agree, and ``corral``'s table must cover each
+    subpackage's ``__all__``."""
     import corral.supervisor
     import corral.workers
 
@@ -181,11 +196,8 @@ def test_the_lazy_table_matches_all_and_the_type_checking_imports() -> None:
     assert all(isinstance(getattr(corral._errors, n), type) for n in errors)
     assert set(corral._LAZY["corral.supervisor"]) == set(corral.supervisor.__all__)
     assert set(corral._LAZY["corral.workers"]) == set(corral.workers.__all__)
-    tree = ast.parse((ROOT / "src" / "corral" / "__init__.py").read_text())
-    typed: dict[str, set[str]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            for stmt in node.body:
-                assert isinstance(stmt, ast.ImportFrom) and stmt.module is not None
-                typed.setdefault(stmt.module, set()).update(a.name for a in stmt.names)
-    assert typed == {module: set(names) for module, names in corral._LAZY.items()}
+    assert set(corral.workers._HOME) == set(corral.workers.__all__)
+    for package in (corral, corral.workers):
+        assert package.__file__ is not None
+        typed = _type_checking_imports(Path(package.__file__))
+        assert typed == {module: set(names) for module, names in package._LAZY.items()}
