@@ -8,15 +8,17 @@ median of per-round ratios. ``--base DIR`` also runs the corral in DIR/src (an o
 checkout, e.g. ``git archive <commit> | tar -x -C DIR``) as ``corral@base``, so a
 change is measured before and after in the same run.
 
-- **import**: ``python -X importtime -c "import corral"``; *own* is the sum of the
-  self-times of corral's modules (``corral*``, ``_corral_child*``), and it is reported
-  next to the cumulative time of ``import trio`` in the same process. *pool path* is the
-  same for ``from corral import open_pool`` (what a program that opens a pool imports).
+- **import**: ``python -X importtime -c "import trio; import corral"``; *own* is the
+  sum of the self-times of corral's modules (``corral*``, ``_corral_child*``), reported
+  next to the cumulative time of ``import trio`` in the same process (trio first: since
+  ``import corral`` is lazy it imports no trio itself). *pool path* is the same for
+  ``from corral import open_pool`` (what a program that opens a pool imports).
 - **cold start**: spawn of ``python`` to the first result of a 2-worker pool (defaults:
   spawned workers), timed on CLOCK_MONOTONIC across the two processes; the program
-  imports trio and the system, opens it and makes one no-op call (the floor of
-  benchmarks/peers_systems.py: bare ``python -c`` children over pipes). Both import
-  ``benchmarks.peers_systems`` (~3 ms) to open their system the same way.
+  imports trio (and ``from corral import open_pool``), opens the system and makes one
+  no-op call (the floor of benchmarks/peers_systems.py: bare ``python -c`` children
+  over pipes). Both then import ``benchmarks.peers_systems`` (~3 ms, in "pool + first
+  call") to open their system the same way.
 - ``python -c pass`` and ``python -c "import trio"``: spawn to exit, for scale.
 
 Child processes get bytecode caching (``PYTHONPYCACHEPREFIX`` in a temporary
@@ -46,6 +48,8 @@ X = "\u00d7"  # multiplication sign
 _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 Result = dict[str, Any]
+IMPORT = "import trio; import corral"
+POOL_PATH = "import trio; from corral import open_pool"
 
 #: The program of one cold start: SYSTEM and the import line are filled in.
 COLD = """\
@@ -117,7 +121,7 @@ class Runner:
         return {"own_ms": own / 1e3, "trio_ms": trio / 1e3, "ratio": own / trio}
 
     def cold(self, system: str, base: bool = False) -> Result:
-        imports = "import corral" if system.startswith("corral") else ""
+        imports = "from corral import open_pool" if system.startswith("corral") else ""
         code = COLD.format(system=system, imports=imports)
         t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         proc = subprocess.run(
@@ -141,13 +145,13 @@ def plan(runner: Runner) -> dict[str, Callable[[], Result]]:
         "import trio": lambda: {"exit_ms": runner.exit_ms("import trio")},
         "floor": lambda: runner.cold("floor"),
         "corral": lambda: runner.cold("corral"),
-        "import corral": lambda: runner.importtime("import corral", False),
-        "pool path": lambda: runner.importtime("from corral import open_pool", False),
+        "import corral": lambda: runner.importtime(IMPORT, False),
+        "pool path": lambda: runner.importtime(POOL_PATH, False),
     }
     if runner.base is not None:
         jobs["corral@base"] = lambda: runner.cold("corral", base=True)
-        jobs["import corral@base"] = lambda: runner.importtime("import corral", True)
-        jobs["pool path@base"] = lambda: runner.importtime("from corral import open_pool", True)
+        jobs["import corral@base"] = lambda: runner.importtime(IMPORT, True)
+        jobs["pool path@base"] = lambda: runner.importtime(POOL_PATH, True)
     return jobs
 
 
