@@ -12,7 +12,8 @@ change is measured before and after in the same run.
   sum of the self-times of corral's modules (``corral*``, ``_corral_child*``), reported
   next to the cumulative time of ``import trio`` in the same process (trio first: since
   ``import corral`` is lazy it imports no trio itself). *pool path* is the same for
-  ``from corral import open_pool`` (what a program that opens a pool imports).
+  ``from corral import open_pool`` (what a program that opens a pool imports), and
+  *supervisor path* for ``from corral import open_supervisor``.
 - **cold start**: spawn of ``python`` to the first result of a 2-worker pool (defaults:
   spawned workers), timed on CLOCK_MONOTONIC across the two processes; the program
   imports trio (and ``from corral import open_pool``), opens the system and makes one
@@ -50,6 +51,7 @@ _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 Result = dict[str, Any]
 IMPORT = "import trio; import corral"
 POOL_PATH = "import trio; from corral import open_pool"
+SUPERVISOR_PATH = "import trio; from corral import open_supervisor"
 
 #: The program of one cold start: SYSTEM and the import line are filled in.
 COLD = """\
@@ -147,11 +149,13 @@ def plan(runner: Runner) -> dict[str, Callable[[], Result]]:
         "corral": lambda: runner.cold("corral"),
         "import corral": lambda: runner.importtime(IMPORT, False),
         "pool path": lambda: runner.importtime(POOL_PATH, False),
+        "supervisor path": lambda: runner.importtime(SUPERVISOR_PATH, False),
     }
     if runner.base is not None:
         jobs["corral@base"] = lambda: runner.cold("corral", base=True)
         jobs["import corral@base"] = lambda: runner.importtime(IMPORT, True)
         jobs["pool path@base"] = lambda: runner.importtime(POOL_PATH, True)
+        jobs["supervisor path@base"] = lambda: runner.importtime(SUPERVISOR_PATH, True)
     return jobs
 
 
@@ -183,17 +187,20 @@ def report(raw: dict[str, list[Result]], rounds: int) -> str:
         f"{platform.python_version()}, {os.cpu_count()} cores, {rounds} rounds, medians; "
         f"load average {load:.1f} at the end",
         "",
-        "| code | `import corral`: own ms | own / `import trio` | pool path: own ms | "
+        "| code | `import corral`: own ms | own / `import trio` | pool path: own ms "
+        "| supervisor path: own ms | "
         f"cold start ms | {X}floor | of which import ms | pool + first call ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     floor = raw["floor"]
     for suffix, label in (("@base", "before"), ("", "after")):
         if "corral" + suffix not in raw:
             continue
         imp, path, cold = raw["import corral" + suffix], raw["pool path" + suffix], raw["corral" + suffix]
+        sup = raw["supervisor path" + suffix]
         out.append(
             f"| {label} | {med(imp, 'own_ms'):.1f} | {med(imp, 'ratio'):.3f} | {med(path, 'own_ms'):.1f} "
+            f"| {med(sup, 'own_ms'):.1f} "
             f"| {med(cold, 'cold_ms'):.0f} | {med_ratio(cold, 'cold_ms', floor, 'cold_ms'):.2f}{X} "
             f"| {med(cold, 'import_ms'):.0f} | {med(cold, 'pool_ms'):.1f} |"
         )
