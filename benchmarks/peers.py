@@ -119,7 +119,12 @@ def measure(systems: Sequence[str], metrics: Sequence[str], quick: bool, rounds:
             n_rounds, params = plan[metric]
             if rnd >= n_rounds:
                 continue
-            targets = ["corral"] if metric == "ready" else list(systems)
+            # start-to-READY is corral's alone (and its --base checkout's)
+            targets = (
+                [s for s in systems if s in ("corral", "corral" + BASE_SUFFIX)]
+                if metric == "ready"
+                else list(systems)
+            )
             shift = rnd % len(targets)
             for system in targets[shift:] + targets[:shift]:
                 if system not in raw:

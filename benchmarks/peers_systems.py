@@ -461,12 +461,14 @@ SYSTEMS: dict[str, Callable[[int], AbstractAsyncContextManager[Caller]]] = {
     "loky": _loky,
 }
 
-#: Imported before any clock starts: "cold start" is measured after imports.
+#: Imported before any clock starts: "cold start" is measured after imports. corral's
+#: names are imported on first use, so the pool's module is named here (and the fork
+#: server's for that variant), or the first ``corral.open_pool`` would import them.
 IMPORTS: dict[str, tuple[str, ...]] = {
     "floor": ("subprocess",),
-    "corral": ("corral",),
-    "corral (forkserver)": ("corral",),
-    "corral (pipeline=1)": ("corral",),
+    "corral": ("corral", "corral.workers._pool"),
+    "corral (forkserver)": ("corral", "corral.workers._pool", "corral.workers._forkserver"),
+    "corral (pipeline=1)": ("corral", "corral.workers._pool"),
     "trio-parallel": ("trio_parallel",),
     "anyio.to_process": ("anyio", "anyio.to_process"),
     "pebble": ("pebble",),

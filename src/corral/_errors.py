@@ -6,7 +6,9 @@ says when it happens and what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+TYPE_CHECKING = False  # typing's: `import corral` loads this module alone, nothing else
+if TYPE_CHECKING:
+    from collections.abc import Hashable
 
 
 class CorralError(Exception):

@@ -56,32 +56,51 @@ class ChildCounts:
     workers: int
 
 
-@attrs.define(eq=False)
+# Run and Child are private and plain: attrs compiles each class's generated methods
+# when the module is imported (~0.5 ms a class), and these records need none of them.
+
+
 class Run:
     """One incarnation of a child: started once, exits once."""
 
-    child: Child
-    ctx: ChildContext
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    done: trio.Event = attrs.Factory(trio.Event)
-    value: object = None
-    exit: ExitReason | None = None
-    stopping: bool = False  # the supervisor asked it to stop: its exit is no crash
-    started_at: float = 0.0
-    injected: BaseException | None = None  # corral.testing.crash_child: the exit to report
-    restart: bool = False  # an automatic restart: counted the moment the child is up
+    __slots__ = (
+        "child",
+        "ctx",
+        "done",
+        "exit",
+        "injected",
+        "restart",
+        "scope",
+        "started_at",
+        "stopping",
+        "value",
+    )
+
+    def __init__(self, child: Child, ctx: ChildContext, *, restart: bool = False) -> None:
+        self.child = child
+        self.ctx = ctx
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.value: object = None
+        self.exit: ExitReason | None = None
+        self.stopping = False  # the supervisor asked it to stop: its exit is no crash
+        self.started_at = 0.0
+        self.injected: BaseException | None = None  # corral.testing.crash_child: the exit to report
+        self.restart = restart  # an automatic restart: counted the moment the child is up
 
 
-@attrs.define(eq=False)
 class Child:
-    spec: ChildSpec
-    state: ChildState = ChildState.STOPPED
-    run: Run | None = None
-    restarts: int = 0
-    failures: int = 0  # consecutive crashes, for the backoff
-    last_exit: ExitReason | None = None
-    retry_token: object | None = None  # the pending delayed restart, if any
-    starting: bool = False  # start_child in progress: id reserved, not yet visible
+    __slots__ = ("failures", "last_exit", "restarts", "retry_token", "run", "spec", "starting", "state")
+
+    def __init__(self, spec: ChildSpec, *, starting: bool = False) -> None:
+        self.spec = spec
+        self.state = ChildState.STOPPED
+        self.run: Run | None = None
+        self.restarts = 0
+        self.failures = 0  # consecutive crashes, for the backoff
+        self.last_exit: ExitReason | None = None
+        self.retry_token: object | None = None  # the pending delayed restart, if any
+        self.starting = starting  # start_child in progress: id reserved, not yet visible
 
     @property
     def id(self) -> Hashable:

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterato
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import trio
 
 from corral._errors import (
@@ -60,25 +59,35 @@ logger = logging.getLogger("corral.supervisor")
 # -- messages to the manager loop -------------------------------------------------
 
 
-@attrs.frozen(eq=False)
+# The private records below are plain classes: attrs compiles each class's generated
+# methods when the module is imported (~0.5 ms a class), and these need none of them.
+
+
 class _Exited:
-    run: Run
+    __slots__ = ("run",)
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
 
-@attrs.frozen(eq=False)
 class _Retry:
     """Start ``child``'s group again: after its backoff (``counted``: the attempt was
     counted when scheduled), or at once after a failed attempt (OTP's
     ``try_again_restart``: counted when handled, like any restart)."""
 
-    child: Child
-    token: object
-    counted: bool = True
+    __slots__ = ("child", "counted", "token")
+
+    def __init__(self, child: Child, token: object, counted: bool = True) -> None:
+        self.child = child
+        self.token = token
+        self.counted = counted
 
 
-@attrs.frozen(eq=False)
 class _Stop:
-    reason: str
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 _Message = _Exited | _Retry | _Stop
@@ -92,9 +101,10 @@ class _Escalate(Exception):
         self.child = child
 
 
-@attrs.frozen(eq=False)
 class _StartFailed:
     """What a child's task hands to ``nursery.start`` when it died before started()."""
+
+    __slots__ = ()
 
 
 class _Status:
@@ -120,13 +130,15 @@ class _Status:
             self._run.scope.shield = True
 
 
-@attrs.define
 class _Intensity:
     """OTP's restart intensity: at most ``max_restarts`` within ``max_seconds``."""
 
-    max_restarts: int
-    max_seconds: float
-    stamps: deque[float] = attrs.Factory(deque)
+    __slots__ = ("max_restarts", "max_seconds", "stamps")
+
+    def __init__(self, max_restarts: int, max_seconds: float) -> None:
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self.stamps: deque[float] = deque()
 
     def add(self, now: float) -> bool:
         """Record a restart at ``now``; False when that makes one too many."""

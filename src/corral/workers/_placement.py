@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -18,24 +19,32 @@ import trio
 from corral._errors import CorralError, InvalidSpec
 from corral._shared import collapse, reraise
 from corral.workers._circuit import Circuit, CircuitBreaker, CircuitState
-from corral.workers._forkserver import ForkServer, ForkServerLauncher
 from corral.workers._launch import Command, Launch, Launcher, PythonModule
 from corral.workers._process import Process, spawn_process
 from corral.workers._reaper import Reaper
-from corral.workers._remote import SSH
+
+if TYPE_CHECKING:  # imported where used: a pool without hosts= or the fork server never loads them
+    from corral.workers._forkserver import ForkServerLauncher
+    from corral.workers._remote import SSH
 
 logger = logging.getLogger("corral.pool")
 
 
-@attrs.define(eq=False)
+# PoolLauncher and Placement are plain classes: attrs compiles each class's generated
+# methods when the module is imported (~0.5 ms a class), and these need none of them.
+
+
 class PoolLauncher:
     """What a pool adds to every launch, whatever the placement: each process is listed
     with the pool's reaper as it is spawned, and ``codec=`` (if given) is the only codec
     the parent accepts (``"json"``: a worker cannot make the parent unpickle)."""
 
-    inner: Launcher
-    reaper: Reaper
-    codec: str | None = None
+    __slots__ = ("codec", "inner", "reaper")
+
+    def __init__(self, inner: Launcher, reaper: Reaper, codec: str | None = None) -> None:
+        self.inner = inner
+        self.reaper = reaper
+        self.codec = codec
 
     def launch(self, worker_id: str) -> Launch:
         launch = self.inner.launch(worker_id)
@@ -47,15 +56,17 @@ class PoolLauncher:
         return proc
 
 
-@attrs.define(eq=False)
 class Placement:
     """One place workers can run: its launcher, its share, its own circuit breaker."""
 
-    launcher: Launcher
-    weight: float
-    circuit: Circuit
-    name: str
-    live: int = 0  # workers of this pool running here now
+    __slots__ = ("circuit", "launcher", "live", "name", "weight")
+
+    def __init__(self, launcher: Launcher, weight: float, circuit: Circuit, name: str) -> None:
+        self.launcher = launcher
+        self.weight = weight
+        self.circuit = circuit
+        self.name = name
+        self.live = 0  # workers of this pool running here now
 
 
 def _placements(
@@ -68,6 +79,8 @@ def _placements(
         return [Placement(launcher, 1.0, Circuit(breaker), "local")]
     if isinstance(hosts, str) or not isinstance(hosts, Sequence) or not hosts:
         raise InvalidSpec("hosts", f"must be a non-empty list of hosts or corral.SSH(...), got {hosts!r}")
+    from corral.workers._remote import SSH
+
     module = handlers if isinstance(handlers, str) else None
     placements = []
     for i, host in enumerate(hosts):
@@ -105,6 +118,8 @@ class Placements:
         self.last_failure: BaseException | None = None  # why the last start failed
         self.forkserver: ForkServerLauncher | None = None
         if start_method == "forkserver":
+            from corral.workers._forkserver import ForkServer, ForkServerLauncher
+
             assert isinstance(launcher, PythonModule)
             server = ForkServer(launcher.module, launcher.python, launcher.env, launcher.cwd, init_timeout)
             self.forkserver = ForkServerLauncher(launcher, server)

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 import attrs
 import trio
@@ -43,7 +43,6 @@ from corral.workers._launch import Command, PythonModule, as_launcher
 from corral.workers._member import Member, Waiter
 from corral.workers._options import DEFAULT_BACKOFF, DEFAULT_MAX_FRAME, PoolOptions
 from corral.workers._placement import Placements
-from corral.workers._remote import SSH
 from corral.workers._requests import ProgressCallback, Withdrawn
 from corral.workers._seam import PoolWorker, WorkerFactory, process_worker
 from corral.workers._sessions import SessionTable
@@ -51,6 +50,9 @@ from corral.workers._slots import Slots
 from corral.workers._stream import Stream
 from corral.workers._telemetry import CallRecord, PoolStatistics, Telemetry, WorkerEvent
 from corral.workers._worker import WorkerInfo, WorkerState
+
+if TYPE_CHECKING:
+    from corral.workers._remote import SSH
 
 P = ParamSpec("P")
 _OPTION_NAMES = tuple(attrs.fields_dict(PoolOptions))
