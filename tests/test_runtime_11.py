@@ -269,3 +269,32 @@ def test_a_withdrawn_queued_request_is_given_back_at_once_and_never_runs(launch:
     assert w.request("ping", 4) == ["pong", 4]
     w.send(["call", 5, "greet", ["e"]])
     assert w.read() == ["ok", 5, "hello e"]
+
+
+def test_withdrawals_and_signals_at_any_moment_never_break_the_worker(launch: Any) -> None:
+    """Withdrawals answered from the SIGINT handler run while the main flow may be in
+    the middle of anything (a reply, the set of withdrawn ids): every request still gets
+    exactly one answer and the worker lives (a set iterated while the handler added to
+    it once killed it)."""
+    w: Worker = launch()
+    start(w)
+    assert w.read()[0] == "ready"
+    mid = 0
+    for _ in range(150):
+        ids = []
+        for _ in range(3):
+            mid += 1
+            ids.append(mid)
+            w.send(["call", mid, "sleep", [0.001]])
+        w.send(["withdraw", ids[-1]])
+        w.send(["withdraw", ids[-2]])
+        for _ in range(2):
+            w.proc.send_signal(signal.SIGINT)
+        answers: dict[int, str] = {}
+        while len(answers) < 3:
+            kind, rid, *_ = w.read(timeout=5)
+            assert rid not in answers
+            answers[rid] = kind
+        assert answers[ids[0]] == "ok"
+        assert all(answers[i] in ("ok", "withdrawn") for i in ids[1:])
+    assert w.request("ping", 10**6) == ["pong", 10**6]

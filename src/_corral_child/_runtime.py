@@ -608,7 +608,10 @@ class _Server:
             while again:  # a signal during a reply below may bring more
                 self.withdraw_later = False
                 wanted = self.withdraw_wanted
-                queued = [m for m in self.queue if type(m) in (list, tuple) and len(m) > 2 and m[1] in wanted]
+                # A snapshot (one C call): a SIGINT's read-ahead may append to the queue.
+                queued = [
+                    m for m in tuple(self.queue) if type(m) in (list, tuple) and len(m) > 2 and m[1] in wanted
+                ]
                 for msg in queued:
                     if msg[0] in ("call", "apply", "stream"):
                         self.queue.remove(msg)
@@ -798,8 +801,10 @@ class _Server:
             self.cancelled.discard(mid)
             if self.withdraw_wanted:
                 self.withdraw_wanted.discard(mid)  # it ran: a withdrawal of it is stale
-            if self.skipped:
-                self.skipped = {m for m in self.skipped if m > mid}
+            if self.skipped:  # tuple(): one C call, so a SIGINT cannot change it mid-way
+                for done in tuple(self.skipped):
+                    if done <= mid:
+                        self.skipped.discard(done)
         self.masked = True  # a SIGINT's withdrawals must not write into this frame
         try:
             write_frame(self.reply_fd, data, self.max_frame)
