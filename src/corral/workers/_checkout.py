@@ -106,9 +106,10 @@ class Checkout:
             best = min(reversed(idle), key=lambda m: len(m.sessions))
             idle.remove(best)
             idle.append(best)
-        if self.pipeline > 1 and len(idle) > 1 and not spread:
+        if self.pipeline > 1 and len(idle) > 1 and not spread and idle[-1].holders:
             # Pipelining: the worker holding the fewest requests, so that a call waits
-            # behind another only when every worker is busy.
+            # behind another only when every worker is busy (the warmest place is taken
+            # as it is when its worker holds none: the common case, and no scan).
             best = min(reversed(idle), key=lambda m: m.holders)
             if best is not idle[-1]:
                 idle.remove(best)

@@ -213,7 +213,8 @@ class Slots:
             self.start_soon(recycle, self, member)
             return
         self.checkout.give(member)
-        if member.holders == 0 and self.options.pipeline > 1:
+        # Calls may wait in a busy worker's queue only if its callers number two or more.
+        if member.holders == 0 and self.checkout.held > 1 and self.options.pipeline > 1:
             self.rebalance(member)
 
     def rebalance(self, idle: Member) -> None:
