@@ -128,3 +128,12 @@ def record_and_crash(token: str) -> None:
 def record_then_crash(token: str, seconds: float) -> None:
     record(token, seconds)
     os._exit(7)
+
+
+def count_with_slow_cleanup(n: int) -> Iterator[int]:
+    """A generator whose ``finally`` takes a while (closing a file, a connection)."""
+    try:
+        yield from range(n)
+    finally:
+        time.sleep(0.3)
+        _mark("slow cleanup done")

@@ -118,6 +118,23 @@ async def test_leaving_a_stream_early_closes_the_generator_and_the_worker_serves
             assert pool.statistics().restarts == 0
 
 
+async def test_a_generators_cleanup_is_not_interrupted_by_the_cancels_signal(marks_file: Path) -> None:
+    """Leaving a stream early names the cancel and then signals the worker: the signal
+    must not land in the generator's ``finally`` (it is the stream's end, not a call
+    to interrupt), however long that cleanup takes."""
+    env = {"CORRAL_TEST_MARKS": str(marks_file)}
+    with trio.fail_after(30):
+        async with corral.open_pool(H, size=1, env=env, cancel_grace=5.0) as pool:
+            pid = pool.workers()[0].pid
+            for _ in range(3):
+                async with pool.stream("count_with_slow_cleanup", 10**9) as chunks:
+                    async for _ in chunks:
+                        break
+                assert await pool.call("greet", "x") == "hello x"
+            assert marks(marks_file).count("slow cleanup done") == 3
+            assert pool.workers()[0].pid == pid
+
+
 async def test_cancelling_a_stream_mid_chunk_stops_the_generator(marks_file: Path) -> None:
     env = {"CORRAL_TEST_MARKS": str(marks_file)}
     with trio.fail_after(30):

@@ -58,6 +58,9 @@ def run(
                     "write it as a generator (yield each chunk)"
                 )
         except BaseException:
+            # The stream ends here: no further SIGINT may interrupt its cleanup (the
+            # parent signals once the stream is its oldest request, maybe right now).
+            server.current = None
             _close(server, items)
             raise
     except (KeyboardInterrupt, _Interrupted):
@@ -106,6 +109,7 @@ def _pump_async(server: _Server, mid: int, items: Any) -> None:
         except StopAsyncIteration:
             return
         except BaseException:
+            server.current = None  # its cleanup is not interrupted again
             if not task.done():
                 task.cancel()
                 try:
