@@ -488,10 +488,22 @@ class _Server:
             big = self.decoder.take_big()
             if big is not None:  # the rest of the frame belongs to _read_rest alone
                 self.queue.append(_read_rest(self.req_fd, *big))
-        while self.drain_wanted:  # a SIGINT came while we read: drain for it now
-            self.drain_wanted = False
-            self._drain()
+        self.draining = True  # before reading is cleared: a SIGINT from here on asks us
         self.reading = False
+        self._settle_drains()  # ...and we drain for it (and for any that came while we read)
+
+    def _settle_drains(self) -> None:
+        """With ``draining`` set: drain for every SIGINT that asked to, then hand draining
+        back to the handler. The check after clearing the flag closes the gap where a
+        signal asked just before: no request a SIGINT announced is left unread."""
+        while True:
+            while self.drain_wanted:
+                self.drain_wanted = False
+                self._drain()
+            self.draining = False
+            if not self.drain_wanted:
+                return
+            self.draining = True
 
     def _enqueue(self, frames: list[bytes]) -> None:
         """Queue frames just read; note the cancels and credits among them at once."""
@@ -530,13 +542,8 @@ class _Server:
                 self.drain_wanted = True
                 return
             self.draining = True
-            try:
-                self._drain()
-                while self.drain_wanted:
-                    self.drain_wanted = False
-                    self._drain()
-            finally:
-                self.draining = False
+            self._drain()
+            self._settle_drains()
             if self.withdraw_wanted:
                 if self.masked:  # a frame is being written: answer right after it
                     self.withdraw_later = True
