@@ -736,6 +736,10 @@ class _Server:
         """Run a handler and answer with its result, its error, or "cancelled" (SIGINT)."""
         dumps = self.dumps
         self.current = mid
+        if mid in self.cancelled:  # named by a SIGINT that came before ``current`` was set
+            self.current = None
+            self.send(dumps(("cancelled", mid)), mid)
+            return
         try:
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             self.current = None

@@ -42,6 +42,10 @@ def run(
     handler's generator is closed here (its ``finally`` runs) before the reply."""
     server.current = server.streaming = mid
     server.credit = window
+    if mid in server.cancelled:  # named by a SIGINT that came before ``current`` was set
+        server.current = server.streaming = None
+        server.send(server.dumps(("cancelled", mid)), mid)
+        return
     items: Any = None
     try:
         try:
