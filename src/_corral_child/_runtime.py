@@ -783,16 +783,7 @@ class _Server:
     def send_masked(self, data: bytes) -> None:
         """Write a frame while a request runs (a chunk, a progress report): an interrupt
         arriving meanwhile waits until the frame is whole, never tears it."""
-        self.masked = True
-        try:
-            write_frame(self.reply_fd, data, self.max_frame)
-        except OSError:
-            _exit(_frames.EXIT_OK)  # the parent closed the reply pipe: it is gone
-        finally:
-            self.masked = False
-        if self.withdraw_later:
-            self.withdraw_later = False
-            self._answer_withdrawals()
+        self._write(data)
         if self.deferred:
             self.deferred = False
             self.current = None
@@ -816,7 +807,12 @@ class _Server:
                 for done in tuple(self.skipped):
                     if done <= mid:
                         self.skipped.discard(done)
-        self.masked = True  # a SIGINT's withdrawals must not write into this frame
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Write one frame, masked: a SIGINT meanwhile neither tears it nor writes into
+        it (its withdrawals are answered right after)."""
+        self.masked = True
         try:
             write_frame(self.reply_fd, data, self.max_frame)
         except OSError:
