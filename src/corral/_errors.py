@@ -178,3 +178,16 @@ class SessionLost(CorralError):
 
 class PoolSaturated(Unavailable):
     """The pool's wait queue is full (``max_waiting``)."""
+
+
+class UpgradeFailed(CorralError):
+    """``pool.upgrade()`` judged the new version failing (a worker could not start, or
+    died on probation) and rolled the pool back: it serves on the old version.
+    ``__cause__`` is the new version's first failure; fix it, then upgrade again."""
+
+    def __init__(self, message: str, *, version: int, failed_calls: int = 0) -> None:
+        super().__init__(message)
+        #: The version that was rolled back.
+        self.version = version
+        #: Calls the new version failed before it was judged (crashes on probation).
+        self.failed_calls = failed_calls

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from corral.workers._pool import CallRecord, Lease, Pool, PoolStatistics, WorkerEvent, open_pool
     from corral.workers._remote import SSH
     from corral.workers._requests import Progress
+    from corral.workers._rollout import Rollout
     from corral.workers._stream import Stream
     from corral.workers._worker import InitTimeout, Worker, WorkerInfo, WorkerState
 
@@ -34,6 +35,7 @@ __all__ = [
     "PoolStatistics",
     "Progress",
     "PythonModule",
+    "Rollout",
     "Stream",
     "Worker",
     "WorkerEvent",
@@ -50,6 +52,7 @@ _LAZY = {
     "corral.workers._pool": ("CallRecord", "Lease", "Pool", "PoolStatistics", "WorkerEvent", "open_pool"),
     "corral.workers._remote": ("SSH",),
     "corral.workers._requests": ("Progress",),
+    "corral.workers._rollout": ("Rollout",),
     "corral.workers._stream": ("Stream",),
     "corral.workers._worker": ("InitTimeout", "Worker", "WorkerInfo", "WorkerState"),
 }

@@ -97,13 +97,24 @@ class Checkout:
         self.idle.append(member)
         member.idle_since = trio.current_time()
 
+    def give_to_sessions(self, member: Member) -> bool:
+        """A retiring member's free place goes to a caller of its sessions, or nowhere."""
+        queue = member.session_waiters
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.event.is_set():
+                self.wake(waiter, member)
+                return True
+        return False
+
     def take_idle(self, spread: bool = False) -> Member | None:
         """A free place, or None. LIFO (the warmest worker), except for a new session,
         which goes to the idle worker holding the fewest sessions so that state, memory
         and the cost of one crash are spread over the pool."""
         idle = self.idle
         if spread and len(idle) > 1:
-            best = min(reversed(idle), key=lambda m: len(m.sessions))
+            # (not on a worker an upgrade is about to replace, while there is another)
+            best = min(reversed(idle), key=lambda m: (m.release.outgoing, len(m.sessions)))
             idle.remove(best)
             idle.append(best)
         if self.pipeline > 1 and len(idle) > 1 and not spread and idle[-1].holders:

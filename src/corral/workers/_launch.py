@@ -38,7 +38,7 @@ def _env(value: object) -> dict[str, str] | None:
     return dict(value)
 
 
-def _codecs(value: Iterable[str]) -> tuple[str, ...]:
+def _codecs(value: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(value)
 
 
@@ -86,10 +86,24 @@ class PythonModule:
     env: dict[str, str] | None = attrs.field(default=None, converter=_env)
     cwd: str | None = None
     precompile: bool = True  # write the handler module's bytecode cache once, in the parent
+    #: Positional arguments for the module's ``init()`` (JSON values: they travel in
+    #: the welcome, docs/protocol.md §3).
+    init_args: tuple[Any, ...] = attrs.field(default=(), converter=_codecs)
 
     def __attrs_post_init__(self) -> None:
         if self.module is not None and (not isinstance(self.module, str) or not self.module):
             raise InvalidSpec("handlers", f"must be a module name like 'myapp.handlers', got {self.module!r}")
+        if self.init_args:
+            import json
+
+            try:
+                json.dumps(list(self.init_args), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise InvalidSpec(
+                    "init_args", f"must be JSON values (str, numbers, lists...): {exc}"
+                ) from None
+            if self.module is None:
+                raise InvalidSpec("init_args", "needs a handler module with an init() (module is None)")
 
     def launch(self, worker_id: str) -> Launch:
         from corral.workers._protocol import (
@@ -109,7 +123,10 @@ class PythonModule:
             for source in module_sources(self.module, sys.path):
                 ensure_bytecode(source)
         argv = tuple(child_argv(self.module, python=self.python))
-        welcome = {"module": self.module, "sys_path": [p if p else os.getcwd() for p in sys.path]}
+        sys_path = [p if p else os.getcwd() for p in sys.path]
+        welcome: dict[str, Any] = {"module": self.module, "sys_path": sys_path}
+        if self.init_args:
+            welcome["init_args"] = list(self.init_args)
         env = self.env
         main_path = _main_path()
         if main_path is not None:  # run_sync of a function defined in the main script

@@ -1,8 +1,9 @@
 """One record per worker in a pool, as OTP keeps one ``#child{}`` per child.
 
 Everything the pool knows about a live worker sits in its ``Member``: where it runs,
-which supervisor slot runs it, who holds its places, whether it is leased exclusively
-or being recycled, since when it idles, which sessions it holds and who waits for it.
+which supervisor slot and which release (version) run it, who holds its places,
+whether it is leased exclusively or being recycled, since when it idles, which
+sessions it holds and who waits for it.
 Forgetting a worker is removing its record (``Slots.forget``).
 """
 
@@ -17,6 +18,7 @@ import trio
 
 if TYPE_CHECKING:
     from corral.workers._placement import Placement
+    from corral.workers._rollout import Release
     from corral.workers._seam import PoolWorker
 
 
@@ -39,13 +41,18 @@ class Member:
     worker: PoolWorker
     placement: Placement
     slot: Hashable  # the supervisor child that runs it
+    release: Release  # the version it runs (handlers, options); its slot restarts in it
     #: Callers holding one of its places (one place, or ``pipeline`` when it pipelines).
     holders: int = 0
     #: Under an exclusive lease (a pipelining worker): its holder alone may use it.
     exclusive: bool = False
     #: A planned replacement is under way (max_requests, max_age, max_memory_mb).
     recycling: bool = False
-    #: Set by a recycle that waits for the last holder to leave.
+    #: Being retired by an upgrade that waits for its sessions: it serves their callers
+    #: alone, until they end or the upgrade's session deadline.
+    keeps_sessions: bool = False
+    #: Set when the last holder leaves, for whoever waits for that (a recycle, an
+    #: upgrade's drain): ``wait_holders_gone``.
     holders_gone: trio.Event | None = None
     #: Trio time its last place became idle (None while not idle).
     idle_since: float | None = None
@@ -59,3 +66,12 @@ class Member:
     @property
     def id(self) -> str:
         return self.worker.id
+
+
+async def wait_holders_gone(member: Member) -> None:
+    """Until its last holder leaves (or it is forgotten); several tasks may wait."""
+    if member.holders == 0 or member.forgotten:
+        return
+    if member.holders_gone is None:
+        member.holders_gone = trio.Event()
+    await member.holders_gone.wait()

@@ -14,6 +14,7 @@ the API: ``Pool``, ``Lease`` and ``open_pool``.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import math
@@ -30,6 +31,7 @@ from corral._errors import (
     CheckoutTimeout,
     CircuitOpen,
     CorralError,
+    InvalidSpec,
     PoolClosed,
     PoolSaturated,
     SessionLost,
@@ -44,6 +46,7 @@ from corral.workers._member import Member, Waiter
 from corral.workers._options import DEFAULT_BACKOFF, DEFAULT_MAX_FRAME, PoolOptions
 from corral.workers._placement import Placements
 from corral.workers._requests import ProgressCallback, Withdrawn
+from corral.workers._rollout import Release, Rollout, Upgrade, check_upgrade
 from corral.workers._seam import PoolWorker, WorkerFactory, process_worker
 from corral.workers._sessions import SessionTable
 from corral.workers._slots import Slots
@@ -75,6 +78,31 @@ def _launcher(
         env={**(launcher.env or {}), **(env or {})},
         cwd=cwd if cwd is not None else launcher.cwd,
     )
+
+
+class _Same(enum.Enum):
+    SAME = "the same handlers"
+
+
+_SAME = _Same.SAME
+#: What ``pool.upgrade(**options)`` may change: what each new worker starts with, and
+#: the limits that recycle it. The rest shapes the pool itself (its size, its queue,
+#: where workers run); change those by opening a new pool.
+UPGRADABLE_OPTIONS = (
+    "env",
+    "cwd",
+    "init_timeout",
+    "request_timeout",
+    "cancel_grace",
+    "stop_timeout",
+    "max_frame",
+    "capture_stderr",
+    "stream_window",
+    "codec",
+    "max_requests",
+    "max_age",
+    "max_memory_mb",
+)
 
 
 class Pool:
@@ -126,9 +154,10 @@ class Pool:
         # One source of truth: the keyword arguments above are PoolOptions' fields
         # (tests/test_pool_logic.py checks names and defaults never drift).
         given = locals()
-        self.options = options = PoolOptions(**{name: given[name] for name in _OPTION_NAMES})
+        options = PoolOptions(**{name: given[name] for name in _OPTION_NAMES})
         self.name = name or "pool"
-        self._placements = Placements(launcher, handlers, hosts, circuit_breaker, start_method, init_timeout)
+        placements = Placements(launcher, handlers, hosts, circuit_breaker, start_method, init_timeout)
+        release = Release(1, handlers, placements, options)
         self._checkout = Checkout(pipeline)
         self._sessions = SessionTable(session_ttl)
         self._telemetry = Telemetry(self.name)
@@ -136,14 +165,30 @@ class Pool:
             self._telemetry.subscribe(on_event)
         self._slots = Slots(
             self.name,
-            options,
-            self._placements,
+            release,
             self._checkout,
             self._sessions,
             self._telemetry,
             worker_factory,
         )
         self._open = False
+        self._upgrading = False
+        self._versions = 1  # the last version number handed out
+
+    @property
+    def options(self) -> PoolOptions:
+        """The options new workers start with (``upgrade()`` may change some)."""
+        return self._slots.options
+
+    @property
+    def _placements(self) -> Placements:
+        return self._slots.placements
+
+    @property
+    def version(self) -> int:
+        """The version new workers start from: 1 at open, +1 per ``upgrade()`` that went
+        through (a rolled-back upgrade uses a number, too)."""
+        return self._slots.release.number
 
     @property
     def size(self) -> int:
@@ -343,8 +388,101 @@ class Pool:
                 self._slots.checkin(member)
 
     def workers(self) -> list[WorkerInfo]:
-        """A frozen ``WorkerInfo`` per live worker (id, pid, state, calls served). Never waits."""
-        return [m.worker.info() for m in self._slots.members.values()]
+        """A frozen ``WorkerInfo`` per live worker (id, pid, state, calls served, the
+        version it runs). Never waits."""
+        return [attrs.evolve(m.worker.info(), version=m.release.number) for m in self._slots.members.values()]
+
+    def end_session(self, session: Hashable) -> None:
+        """The session is over: forget its binding, so its worker no longer holds it (an
+        upgrade with ``sessions="wait"`` waits for exactly this). Its next call, if any,
+        starts a new session. The worker keeps whatever state your handlers left."""
+        self._sessions.unbind(session)
+        self._sessions.forget_lost(session)
+
+    # -- upgrades ----------------------------------------------------------------
+
+    async def upgrade(
+        self,
+        handlers: str | Command | PythonModule | _Same | None = _SAME,
+        *,
+        surge: int = 1,
+        unavailable: int = 0,
+        probation: float = 1.0,
+        sessions: str = "wait",
+        session_deadline: float = 30.0,
+        **options: Any,
+    ) -> Rollout:
+        """Replace every worker with one of a new version, without failing a call.
+
+        The new version is ``handlers`` (default: the same module or command, which new
+        workers load from disk again) with ``options`` changed (any of
+        ``UPGRADABLE_OPTIONS``: env, cwd, timeouts, recycling limits...). Workers are
+        replaced in batches: at most ``surge`` over the pool's count and ``unavailable``
+        under it; each new worker must be READY and live ``probation`` seconds before
+        an old one drains (its calls finish) and stops. New calls go to new workers as
+        they become READY. Sessions on an old worker: ``"wait"`` until they end
+        (``end_session`` or ``session_ttl``), up to ``session_deadline`` seconds for the
+        whole upgrade, then move; ``"move"`` at once (``SessionLost`` once, as a crash).
+
+        A new worker that cannot start (its ``init()`` raised, say) or dies on probation
+        judges the version failing: the pool rolls back to the old version and this
+        raises ``UpgradeFailed`` (the cause chained). Returns the finished ``Rollout``.
+        docs/pool.md, "Upgrading without downtime".
+        """
+        self._check_open()
+        check_upgrade(surge, unavailable, probation, sessions, session_deadline)
+        if self._upgrading:
+            raise RuntimeError(
+                f"pool {self.name!r} is already upgrading (version {self.version}); wait for that "
+                "upgrade to return before starting another"
+            )
+        new = self._new_release(handlers, options)
+        rollout = Upgrade(
+            self._slots,
+            new,
+            surge=surge,
+            unavailable=unavailable,
+            probation=probation,
+            sessions=sessions,
+            session_deadline=session_deadline,
+        )
+        self._upgrading = True
+        try:
+            return await rollout.run()
+        finally:
+            self._upgrading = False
+
+    def _new_release(self, handlers: object, changes: dict[str, Any]) -> Release:
+        """The next version, validated before anything changes (a bad field: InvalidSpec)."""
+        for field in changes:
+            if field not in UPGRADABLE_OPTIONS:
+                why = "is not an option" if field not in _OPTION_NAMES else "cannot change in an upgrade"
+                allowed = ", ".join(UPGRADABLE_OPTIONS)
+                raise InvalidSpec(
+                    field, f"{why}; upgrade() changes the handlers and these options: {allowed}"
+                )
+        current = self._slots.release
+        options = attrs.evolve(current.options, **changes)
+        if isinstance(handlers, _Same):
+            handlers = current.handlers
+        launcher = _launcher(handlers, options.env, options.cwd)  # type: ignore[arg-type]
+        if isinstance(launcher, PythonModule) and launcher.module is not None:
+            from corral.workers._protocol import refresh_bytecode
+
+            refresh_bytecode(launcher.module)
+        placements = Placements(
+            launcher,
+            handlers,
+            options.hosts,
+            options.circuit_breaker,
+            options.start_method,
+            options.init_timeout,
+        )
+        return Release(self._next_version(), handlers, placements, options)
+
+    def _next_version(self) -> int:
+        self._versions += 1
+        return self._versions
 
     def statistics(self) -> PoolStatistics:
         """A frozen snapshot of the pool, cheap and safe to log or export. Never waits."""
@@ -370,6 +508,8 @@ class Pool:
             start_failures=telemetry.start_failures,
             exits=dict(telemetry.exits),
             moved=telemetry.moved,
+            version=self.version,
+            rollout=self._slots.rollout,
         )
 
     @property
@@ -425,6 +565,12 @@ class Pool:
         if idle:
             await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
             self._checkout.take_place_of(member)
+            self._sessions.bind(session, member, trio.current_time())
+            return member
+        if member.keeps_sessions and member.holders < worker.depth and worker.available:
+            # An upgrade retires it once its sessions end: it serves their callers alone.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._checkout.hold(member)
             self._sessions.bind(session, member, trio.current_time())
             return member
         self._check_saturation()
@@ -492,7 +638,7 @@ class Pool:
         async with trio.open_nursery() as nursery:
             slots.nursery = nursery
             if self._placements.forkserver is not None:
-                await nursery.start(self._placements.run_forkserver, self.name)
+                await slots.start_template(slots.release)
             await nursery.start(slots.sup.run)
             initial = self.options.size if not self.options.lazy else self.options.effective_min_size
             if initial:

@@ -107,8 +107,9 @@ def child_argv(module: str | None = None, *, python: str | None = None) -> list[
 _CHILD_MODULES = ("__init__.py", "__main__.py", "_frames.py", "_runtime.py", "_streams.py", "_zygote.py")
 
 
-def ensure_bytecode(source: str) -> bool:
-    """Write ``source``'s bytecode cache if it is missing or stale; False if it cannot.
+def ensure_bytecode(source: str, *, force: bool = False) -> bool:
+    """Write ``source``'s bytecode cache if it is missing or stale (or always, with
+    ``force``); False if it cannot.
 
     A worker that compiles its modules from source starts several ms slower, and the
     interpreter never writes caches itself under PYTHONDONTWRITEBYTECODE.
@@ -125,7 +126,8 @@ def ensure_bytecode(source: str) -> bool:
         except OSError:
             header = b""
         fresh = (
-            len(header) == 16
+            not force
+            and len(header) == 16
             and header[:4] == importlib.util.MAGIC_NUMBER
             and int.from_bytes(header[4:8], "little") == 0  # timestamp-based pyc
             and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
@@ -139,8 +141,22 @@ def ensure_bytecode(source: str) -> bool:
                 invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
             )
     except (OSError, py_compile.PyCompileError):
+        if force:  # a stale cache must not stand in for a source that does not compile
+            try:
+                os.remove(importlib.util.cache_from_source(source))
+            except (OSError, ValueError):
+                pass
         return False
     return True
+
+
+def refresh_bytecode(module: str) -> None:
+    """Compile a handler module (and its packages) as they are on disk now, before an
+    upgrade starts workers of it: Python's cache check compares the source's mtime in
+    whole seconds and its size, so an edit within the same second that keeps the size
+    would otherwise run the old code."""
+    for source in module_sources(module, sys.path):
+        ensure_bytecode(source, force=True)
 
 
 def precompile_child() -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from corral._errors import CorralError
-from corral.workers._member import Member
+from corral.workers._member import Member, wait_holders_gone
 from corral.workers._options import PoolOptions
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ async def recycle(slots: Slots, member: Member) -> None:
     slots.checkout.remove_places(member)
     slots.telemetry.emit(member.worker, "recycle")
     if member.holders:  # pipelining: callers (an exclusive lease) still hold places
-        member.holders_gone = done = trio.Event()
-        await done.wait()
+        await wait_holders_gone(member)
         if member.forgotten:
             return
     if member.forgotten:

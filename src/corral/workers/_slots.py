@@ -19,18 +19,20 @@ from typing import Any
 import trio
 
 from corral._errors import CircuitOpen, CorralError
+from corral._shared import collapse, reraise
 from corral.supervisor._events import ChildRestarting, SupervisorEvent
 from corral.supervisor._records import ChildState
 from corral.supervisor._spec import ChildSpec
 from corral.supervisor._supervisor import DynamicSupervisor
 from corral.workers._checkout import Checkout
 from corral.workers._launch import Launcher
-from corral.workers._member import Member
+from corral.workers._member import Member, wait_holders_gone
 from corral.workers._options import PoolOptions, WorkerOptions
 from corral.workers._placement import Placements, PoolLauncher
 from corral.workers._reaper import Reaper
 from corral.workers._recycling import recycle, recycle_due
 from corral.workers._requests import Progress
+from corral.workers._rollout import Release, Rollout
 from corral.workers._seam import PoolWorker, StateCallback, WorkerFactory
 from corral.workers._sessions import SessionTable
 from corral.workers._telemetry import Telemetry
@@ -98,17 +100,16 @@ class Slots:
     def __init__(
         self,
         name: str,
-        options: PoolOptions,
-        placements: Placements,
+        release: Release,
         checkout: Checkout,
         sessions: SessionTable,
         telemetry: Telemetry,
         factory: WorkerFactory,
     ) -> None:
         self.name = name
-        self.options = options
-        self.worker_options = options.worker
-        self.placements = placements
+        #: The version new slots start from (each slot keeps its own: ``run_slot``).
+        self.release = release
+        options = release.options
         self.checkout = checkout
         self.sessions = sessions
         self.telemetry = telemetry
@@ -121,6 +122,8 @@ class Slots:
             name=f"{name}.supervisor",
         )
         self.members: dict[str, Member] = {}  # live incarnations by worker id
+        self.retiring: set[Hashable] = set()  # slots an upgrade drains: no new calls
+        self.rollout: Rollout | None = None  # the upgrade under way, else the last one
         self._slot_ids = itertools.count(1)
         self._incarnations = itertools.count(1)
         self.pending = 0  # slots being added on demand (lazy pools)
@@ -130,32 +133,49 @@ class Slots:
         self.reaper = Reaper()  # kills workers' groups if the parent dies (_reaper.py)
         self.sup.subscribe(self._on_supervisor_event)
 
+    @property
+    def options(self) -> PoolOptions:
+        """The current release's options (the pool-wide ones never change)."""
+        return self.release.options
+
+    @property
+    def placements(self) -> Placements:
+        """Where the current release's workers start, and their circuit breakers."""
+        return self.release.placements
+
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         if self.nursery is not None:
             self.nursery.start_soon(fn, *args)
 
     # -- one slot --------------------------------------------------------------
 
-    async def run_slot(self, slot: Hashable, *, task_status: trio.TaskStatus[Any]) -> None:
-        """One supervised slot: a fresh worker each time the supervisor (re)starts it."""
-        placement = self.placements.choose()
+    async def run_slot(self, slot: Hashable, release: Release, *, task_status: trio.TaskStatus[Any]) -> None:
+        """One supervised slot: a fresh worker of its release each time the supervisor
+        (re)starts it."""
+        placements = release.placements
+        placement = placements.choose()
         if placement is None:
             raise CircuitOpen(
-                f"pool {self.name!r}: workers keep failing to start; next try in "
-                f"{self.placements.retry_in():.1f} s"
-            ) from self.placements.last_failure
+                f"pool {self.name!r}: workers keep failing to start; "
+                f"next try in {placements.retry_in():.1f} s"
+            ) from placements.last_failure
         worker_id = f"w{next(self._incarnations)}"
-        launcher = PoolLauncher(placement.launcher, self.reaper, self.options.codec)
-        worker = self.factory(launcher, self.worker_options, worker_id, self._on_state)
+        launcher = PoolLauncher(placement.launcher, self.reaper, release.options.codec)
+        worker = self.factory(launcher, release.worker_options, worker_id, self._on_state)
         worker.on_progress = self._on_progress
-        member = Member(worker, placement, slot)
+        member = Member(worker, placement, slot, release)
+        # A restart inside a slot an upgrade drains, or of a version judged failing,
+        # takes no calls.
+        member.recycling = slot in self.retiring or release.failure is not None
         self.members[worker_id] = member
         placement.live += 1
         try:
             await worker.run(task_status=task_status)
         except BaseException as exc:
             if worker.ready_at is None:  # a failed start: CircuitOpen will name it as its cause
-                self.placements.last_failure = exc
+                placements.last_failure = exc
+                if not self.closed and not isinstance(exc, trio.Cancelled):
+                    self.judge(member, exc)
             raise
         finally:
             self.telemetry.worker_ended(_exit_reason(worker))
@@ -199,13 +219,67 @@ class Slots:
             elif member.holders == 0 and worker.depth == 1:
                 self.checkin(member)  # back from an interrupted call whose caller has left
         elif new is WorkerState.FAILED or new is WorkerState.STOPPED:
+            if new is WorkerState.FAILED and worker.ready_at is not None and not self.closed:
+                self.judge(member, None)  # before its callers retry: none lands on its version
             self.forget(member)
+
+    def judge(self, member: Member, error: BaseException | None) -> None:
+        """A worker ended by itself: if its version is on probation (an upgrade), that
+        may judge the version failing, and then none of its workers takes a call."""
+        release = member.release
+        if not release.on_probation:
+            return
+        release.judge_exit(member, trio.current_time(), error)
+        if release.failure is not None:
+            for other in list(self.members.values()):
+                if other.release is release:
+                    self.retire(other)
+
+    def retire(self, member: Member) -> None:
+        """It takes no new calls (an upgrade replaces it); calls it holds run on."""
+        member.recycling = True
+        self.checkout.remove_places(member)
+
+    def member_of(self, slot: Hashable) -> Member | None:
+        for member in self.members.values():
+            if member.slot == slot:
+                return member
+        return None
+
+    def slots_of(self, release: Release) -> list[Hashable]:
+        """The slots of one release, in start order."""
+        return [info.id for info in self.sup.which_children() if info.spec.args[1] is release]
+
+    async def drain_slot(self, slot: Hashable) -> None:
+        """Until nobody holds a place on the slot's worker (at most ``drain_timeout``)."""
+        with trio.move_on_after(self.options.drain_timeout):
+            while True:
+                member = self.member_of(slot)
+                if member is None or member.holders == 0:
+                    return
+                await wait_holders_gone(member)
+
+    async def start_template(self, release: Release) -> None:
+        """Start the release's fork-server template (a task of the pool, cancelled
+        with ``release.template_scope`` once no worker of it is left)."""
+        assert self.nursery is not None
+        try:
+            await self.nursery.start(self._run_template, release)
+        except BaseExceptionGroup as group:
+            reraise(collapse(group))
+
+    async def _run_template(self, release: Release, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            release.template_scope = scope
+            await release.placements.run_forkserver(self.name, task_status=task_status)
 
     def checkin(self, member: Member) -> None:
         """One place on a member is free: recycle the worker if due, else hand it on."""
         if not member.worker.available or member.forgotten or member.recycling:
+            if member.keeps_sessions and not member.forgotten and member.worker.available:
+                self.checkout.give_to_sessions(member)  # retiring: its sessions' callers only
             return
-        if not self.closed and recycle_due(member, self.options):
+        if not self.closed and recycle_due(member, member.release.options):
             # At once, not in the task: its other free places (pipelining) must not be
             # handed out meanwhile.
             member.recycling = True
@@ -255,16 +329,19 @@ class Slots:
 
     # -- adding and removing slots ----------------------------------------------
 
-    async def add_slot(self) -> None:
+    async def add_slot(self, release: Release | None = None) -> Member | None:
+        """Start one more slot (of the current release by default); its worker once READY."""
+        release = release or self.release
         slot = f"slot{next(self._slot_ids)}"
         spec = ChildSpec(
             slot,
             self.run_slot,
-            args=(slot,),
-            restart=self.options.restart,
-            shutdown=self.options.stop_timeout + 2.0,
+            args=(slot, release),
+            restart=release.options.restart,
+            shutdown=release.options.stop_timeout + 2.0,
         )
         await self.sup.start_child(spec)
+        return self.member_of(slot)
 
     def ensure_capacity(self) -> None:
         """Lazy pools: start workers for waiting callers, up to ``size``."""
@@ -335,7 +412,7 @@ class Slots:
                         self.start_soon(self._shrink, member.slot)
             if not self.closed:
                 for member in set(self.checkout.idle):
-                    if not member.recycling and recycle_due(member, options):
+                    if not member.recycling and recycle_due(member, member.release.options):
                         self.checkout.remove_places(member)
                         self.start_soon(recycle, self, member)
             self.sessions.expire(now)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import attrs
 
+from corral.workers._rollout import Rollout
 from corral.workers._seam import PoolWorker
 from corral.workers._worker import WorkerState
 
@@ -40,6 +41,11 @@ class PoolStatistics:
     exits: dict[str, int] = attrs.Factory(dict)
     #: Calls that waited in a busy worker's queue and were moved, unrun, to a free one.
     moved: int = 0
+    #: The version new workers start from: 1 at open, +1 for each ``pool.upgrade()``
+    #: that went through.
+    version: int = 1
+    #: The upgrade under way, else the last one (None before the first).
+    rollout: Rollout | None = None
 
 
 @attrs.frozen
@@ -47,10 +53,12 @@ class WorkerEvent:
     """A worker changed state (``state``), or the pool did something with it (``action``)."""
 
     pool: str
-    worker_id: str
+    worker_id: str  # "" for a step of an upgrade that concerns no single worker
     pid: int | None
-    state: WorkerState
-    action: str  # "state", "progress" (start-up), "checkout", "checkin", "recycle", "call"
+    state: WorkerState | None  # None when worker_id is ""
+    #: "state", "progress" (start-up), "checkout", "checkin", "recycle", "call",
+    #: "upgrade" (a step of ``pool.upgrade()``: detail says which)
+    action: str
     detail: str = ""
 
 
@@ -124,6 +132,14 @@ class Telemetry:
                 callback(event)
         if action != "call" and logger.isEnabledFor(logging.DEBUG):
             logger.debug("[%s] %s %s %s %s", self.pool_name, worker.id, action, worker.state.name, detail)
+
+    def emit_pool(self, action: str, detail: str) -> None:
+        """An event about the pool itself (a step of an upgrade), logged at INFO."""
+        logger.info("[%s] %s", self.pool_name, detail)
+        if self.subscribers:
+            event = WorkerEvent(self.pool_name, "", None, None, action, detail)
+            for callback in list(self.subscribers):
+                callback(event)
 
     def observe(self, name: str, worker: PoolWorker, start_ns: int, error: BaseException | None) -> None:
         record = CallRecord(

@@ -100,6 +100,8 @@ class WorkerInfo:
     progress: Progress | None = None
     #: Seconds spent starting: so far while STARTING, from spawn to READY after.
     startup_seconds: float | None = None
+    #: The pool's version it runs (``pool.upgrade``); None outside a pool.
+    version: int | None = None
 
 
 _ids = itertools.count(1)
@@ -476,6 +478,7 @@ class Worker:
             launch.welcome.get("module"),
             max_frame=options.max_frame,
             sys_path=launch.welcome.get("sys_path"),
+            init_args=launch.welcome.get("init_args"),
         )
         capabilities = hello["capabilities"]
         # A worker that takes "cancel" requests always gets named cancels, pipelining or

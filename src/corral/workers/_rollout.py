@@ -1,0 +1,333 @@
+"""Versions of a pool's workers, and replacing one version by the next (``pool.upgrade``).
+
+A *release* is what a worker starts from: its launcher (handler module or command,
+environment, init arguments), the options each worker gets, the recycling limits and,
+with the fork server, a template of its own. Every supervisor slot belongs to one
+release and restarts in it, as an OTP child restarts from its own child spec: a crash
+during a rollout never turns an old worker into a new one by accident.
+
+A rollout replaces the old release's slots batch by batch, as a Kubernetes Deployment
+does (``surge`` workers over the count, ``unavailable`` under it; ``probation`` is its
+minReadySeconds): a batch's new workers start, become READY and live ``probation``
+seconds, and only then are the old workers of the batch drained (their calls finish)
+and stopped. The first new worker that cannot start, or dies on probation, judges the
+release failing: its workers take no more calls, and the rollback stops them and starts
+old workers in place of those already retired.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from corral._errors import CorralError, UpgradeFailed
+
+if TYPE_CHECKING:
+    from corral.workers._member import Member
+    from corral.workers._options import PoolOptions, WorkerOptions
+    from corral.workers._placement import Placements
+    from corral.workers._slots import Slots
+
+logger = logging.getLogger("corral.pool")
+
+#: What ``pool.upgrade(sessions=...)`` accepts.
+SESSION_POLICIES = ("wait", "move")
+#: How often a retiring worker looks whether its sessions have ended.
+SESSION_POLL = 0.05
+
+
+@attrs.frozen
+class Rollout:
+    """Where an upgrade stands (``pool.statistics().rollout``), or how the last one ended."""
+
+    from_version: int
+    to_version: int
+    #: "starting", "replacing", "rolling back", then "done" or "rolled back".
+    phase: str
+    #: Old workers replaced so far, of ``total`` (the workers when it began).
+    replaced: int
+    total: int
+    #: Why it rolled back (the new version's first failure), else None.
+    error: str | None = None
+
+
+class Release:
+    """One version of the pool's workers (a plain class: see ``_slots``' note on attrs)."""
+
+    __slots__ = (
+        "failed_calls",
+        "failure",
+        "handlers",
+        "judged",
+        "number",
+        "on_probation",
+        "options",
+        "outgoing",
+        "placements",
+        "probation",
+        "starting",
+        "template_scope",
+        "worker_options",
+    )
+
+    def __init__(self, number: int, handlers: object, placements: Placements, options: PoolOptions) -> None:
+        self.number = number
+        self.handlers = handlers  # as given: str, PythonModule, Command or None
+        self.placements = placements
+        self.options = options
+        self.worker_options: WorkerOptions = options.worker
+        self.failure: BaseException | None = None  # why it was judged failing
+        self.judged = trio.Event()
+        self.on_probation = False  # during its rollout: a worker dying young judges it
+        self.probation = 0.0
+        self.outgoing = False  # being replaced: new sessions prefer other workers
+        self.starting: set[trio.CancelScope] = set()  # its starts, cancelled when judged
+        self.template_scope: trio.CancelScope | None = None  # its fork-server template
+        self.failed_calls = 0  # calls its workers failed by dying on probation
+
+    def fail(self, error: BaseException) -> None:
+        """Judge it failing (once): its starts under way are abandoned."""
+        if self.failure is not None:
+            return
+        self.failure = error
+        for scope in self.starting:
+            scope.cancel()
+        self.judged.set()
+
+    def judge_exit(self, member: Member, now: float, error: BaseException | None) -> None:
+        """A worker of this release ended by itself: on probation, that fails it."""
+        if not self.on_probation or self.failure is not None:
+            return
+        ready_at = member.worker.ready_at
+        if ready_at is not None:
+            self.failed_calls += int(member.holders > 0)  # the call it ran (queued ones move)
+        if ready_at is None or now - ready_at <= self.probation:
+            self.fail(error if error is not None else DiedOnProbation(member.worker, now - (ready_at or now)))
+
+    def __repr__(self) -> str:
+        return f"<Release v{self.number} {self.handlers!r}>"
+
+
+class DiedOnProbation(CorralError):
+    """Why a version was judged failing when one of its workers died young."""
+
+    def __init__(self, worker: Any, age: float) -> None:
+        super().__init__(worker.id)
+        self.worker = worker
+        self.age = age
+
+    def __str__(self) -> str:  # its exit is described once the process is reaped
+        exit = self.worker.last_exit
+        return f"worker {self.worker.id} died {self.age:.2f} s after READY, on probation" + (
+            f" ({exit})" if exit else ""
+        )
+
+
+class Upgrade:
+    """One rollout from ``old`` to ``new``; ``run()`` returns when it is done or rolled back."""
+
+    def __init__(
+        self,
+        slots: Slots,
+        new: Release,
+        *,
+        surge: int,
+        unavailable: int,
+        probation: float,
+        sessions: str,
+        session_deadline: float,
+    ) -> None:
+        self.slots = slots
+        self.old = slots.release
+        self.new = new
+        self.surge = surge
+        self.unavailable = unavailable
+        self.sessions = sessions
+        self.session_deadline = session_deadline
+        new.probation = probation
+        self.total = 0
+        self.replaced = 0
+        self.status = Rollout(self.old.number, new.number, "starting", 0, 0)
+
+    def _step(self, phase: str, detail: str, member: Member | None = None) -> None:
+        self.status = Rollout(
+            self.old.number,
+            self.new.number,
+            phase,
+            self.replaced,
+            self.total,
+            None if self.new.failure is None else _describe(self.new.failure),
+        )
+        self.slots.rollout = self.status
+        text = f"upgrade v{self.old.number} -> v{self.new.number}: {detail}"
+        if member is not None:
+            self.slots.telemetry.emit(member.worker, "upgrade", text)
+            logger.info("[%s] %s (%s)", self.slots.name, text, member.id)
+        else:
+            self.slots.telemetry.emit_pool("upgrade", text)
+
+    async def run(self) -> Rollout:
+        slots, old, new = self.slots, self.old, self.new
+        self.total = len(slots.slots_of(old))
+        self._step(
+            "starting",
+            f"started: {self.total} worker(s), surge {self.surge}, unavailable {self.unavailable}",
+        )
+        old.outgoing = True
+        new.on_probation = True
+        slots.release = new
+        slots.sup.max_children = None  # old and new side by side; the batches bound them
+        deadline = trio.current_time() + self.session_deadline
+        try:
+            if new.placements.forkserver is not None:
+                await self._start_template()
+            while new.failure is None:
+                remaining = slots.slots_of(old)
+                if not remaining:
+                    break
+                await self._replace_batch(remaining[: self.surge + self.unavailable], deadline)
+            if new.failure is None:
+                new.on_probation = False
+                self._stop_template(old)
+                self._step("done", f"done: {self.replaced} worker(s) replaced")
+                return self.status
+            await self._roll_back()
+            raise UpgradeFailed(
+                f"pool {slots.name!r}: version {new.number} failed ({_describe(new.failure)}); "
+                f"rolled back: the pool serves on version {old.number}. Fix the new version "
+                "(the cause is chained below), then upgrade again.",
+                version=new.number,
+                failed_calls=new.failed_calls,
+            ) from new.failure
+        finally:
+            slots.sup.max_children = slots.options.size
+            new.on_probation = False
+
+    async def _start_template(self) -> None:
+        """The new version's fork-server template first: its workers fork from it."""
+        new = self.new
+        try:
+            await self.slots.start_template(new)
+        except CorralError as exc:
+            new.fail(exc)
+
+    async def _replace_batch(self, batch: list[Hashable], deadline: float) -> None:
+        """Start the batch's new workers (``unavailable`` old ones drain meanwhile); once
+        they are READY and past probation, drain and stop the rest of the batch."""
+        slots, new = self.slots, self.new
+        first, later = batch[: self.unavailable], batch[self.unavailable :]
+        count = len(slots.slots_of(self.old)) + len(slots.slots_of(new))
+        starts = max(0, min(len(batch), self.total - count + len(batch)))
+        async with trio.open_nursery() as nursery:
+            for slot in first:
+                nursery.start_soon(self._retire, slot, deadline)
+            for _ in range(starts):
+                nursery.start_soon(self._start_one)
+        if new.failure is None:
+            with trio.move_on_after(new.probation):
+                await new.judged.wait()
+        if new.failure is not None:
+            self.replaced += len(first)
+            return
+        if new.probation:
+            self._step("replacing", f"probation passed ({new.probation:g} s)")
+        async with trio.open_nursery() as nursery:
+            for slot in later:
+                nursery.start_soon(self._retire, slot, deadline)
+        self.replaced += len(batch)
+        self._step("replacing", f"{self.replaced} of {self.total} replaced")
+
+    async def _start_one(self) -> None:
+        new = self.new
+        with trio.CancelScope() as scope:
+            new.starting.add(scope)
+            try:
+                member = await self.slots.add_slot(new)
+            except CorralError as exc:
+                new.fail(exc)
+                return
+            finally:
+                new.starting.discard(scope)
+            self._step("replacing", f"new worker READY ({self.replaced + 1} of {self.total})", member)
+
+    async def _retire(self, slot: Hashable, deadline: float | None) -> None:
+        """Drain one slot's worker (its calls finish; with ``sessions="wait"`` its
+        sessions may end until ``deadline``), then stop the slot."""
+        slots = self.slots
+        slots.retiring.add(slot)
+        try:
+            member = slots.member_of(slot)
+            if member is not None:
+                slots.retire(member)
+                self._step("replacing", f"draining v{member.release.number} worker", member)
+                if deadline is not None and self.sessions == "wait" and member.sessions:
+                    member.keeps_sessions = True
+                    with trio.move_on_at(deadline):
+                        while member.sessions and not member.forgotten:
+                            await trio.sleep(SESSION_POLL)
+                    member.keeps_sessions = False
+            await slots.drain_slot(slot)
+            try:
+                await slots.sup.terminate_child(slot)
+            except CorralError:
+                pass  # it ended meanwhile (recycled, shrunk)
+        finally:
+            slots.retiring.discard(slot)
+
+    async def _roll_back(self) -> None:
+        """Stop the new version's workers; start old ones in place of those retired."""
+        slots, old, new = self.slots, self.old, self.new
+        self._step("rolling back", f"rolling back: {_describe(new.failure)}")
+        slots.release = old
+        old.outgoing = False
+        new.on_probation = False
+        for member in list(slots.members.values()):
+            if member.release is new:
+                slots.retire(member)
+        missing = self.total - len(slots.slots_of(old))
+        async with trio.open_nursery() as nursery:
+            for slot in slots.slots_of(new):
+                nursery.start_soon(self._retire, slot, None)
+            for _ in range(max(0, missing)):
+                nursery.start_soon(self._restore_one)
+        self._stop_template(new)
+        self._step("rolled back", f"rolled back: the pool serves on v{old.number}")
+
+    async def _restore_one(self) -> None:
+        try:
+            await self.slots.add_slot(self.old)
+        except CorralError as exc:
+            logger.warning("[%s] rolling back: an old worker failed to start: %s", self.slots.name, exc)
+
+    def _stop_template(self, release: Release) -> None:
+        if release.template_scope is not None:
+            release.template_scope.cancel()
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    cause = error.__cause__ if isinstance(error, CorralError) and error.__cause__ is not None else error
+    text = str(cause).splitlines()[0] if str(cause) else ""
+    if isinstance(cause, DiedOnProbation):
+        return text
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+def check_upgrade(surge: Any, unavailable: Any, probation: Any, sessions: Any, session_deadline: Any) -> None:
+    """Reject bad rollout parameters before anything changes, naming the field."""
+    from corral._errors import InvalidSpec
+    from corral._validate import check, integer, number
+
+    check(surge, integer(minimum=0, field="surge"))
+    check(unavailable, integer(minimum=0, field="unavailable"))
+    check(probation, number(field="probation"))
+    check(session_deadline, number(field="session_deadline"))
+    if surge + unavailable < 1:
+        raise InvalidSpec("surge", "surge and unavailable cannot both be 0: nothing could be replaced")
+    if sessions not in SESSION_POLICIES:
+        raise InvalidSpec("sessions", f'must be "wait" or "move", got {sessions!r}')

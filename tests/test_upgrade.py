@@ -1,0 +1,227 @@
+"""pool.upgrade(): new code in, old workers out, no failed call (docs/pool.md,
+"Upgrading without downtime"). Real worker processes; each test writes its own handler
+module into a temporary folder on sys.path and edits it in place, as a deploy would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+import corral
+
+_names = itertools.count(1)
+
+VERSION_1 = """
+import os
+VERSION = 1
+def init(*args):
+    global ARGS
+    ARGS = list(args)
+def version():
+    return VERSION
+def args():
+    return ARGS
+def pid():
+    return os.getpid()
+"""
+
+VERSION_2 = VERSION_1.replace("VERSION = 1", "VERSION = 2")
+
+VERSION_2_INIT_FAILS = (
+    VERSION_2
+    + """
+def init(*args):
+    raise RuntimeError("version 2 cannot find its model file")
+"""
+)
+
+VERSION_2_CRASHES = (
+    VERSION_2
+    + """
+def version():
+    os._exit(3)
+"""
+)
+
+
+@pytest.fixture
+def module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A fresh handler module (version 1) importable by the workers: (name, path)."""
+    name = f"upgrade_handlers_{next(_names)}"
+    path = tmp_path / f"{name}.py"
+    deploy(path, VERSION_1)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name, path
+
+
+def deploy(path: Path, source: str) -> None:
+    """Write a new version of the handler module in place, as a deploy does."""
+    path.write_text(textwrap.dedent(source))
+
+
+class Load:
+    """Callers in a tight loop of calls; every result and every failure is kept."""
+
+    def __init__(self, pool: corral.Pool) -> None:
+        self.pool = pool
+        self.results: list[tuple[float, int]] = []  # (finished at, version)
+        self.failures: list[BaseException] = []
+        self.stop = False
+
+    async def caller(self) -> None:
+        while not self.stop:
+            try:
+                version = await self.pool.call("version")
+            except corral.CorralError as exc:
+                self.failures.append(exc)
+            else:
+                self.results.append((trio.current_time(), version))
+
+
+async def _upgrade_under_load(pool: corral.Pool, path: Path, callers: int = 8, **upgrade: object) -> Load:
+    load = Load(pool)
+    async with trio.open_nursery() as nursery:
+        for _ in range(callers):
+            nursery.start_soon(load.caller)
+        await trio.sleep(0.2)
+        deploy(path, VERSION_2)
+        rollout = await pool.upgrade(**upgrade)  # type: ignore[arg-type]
+        done_at = trio.current_time()
+        assert rollout.phase == "done"
+        await trio.sleep(0.3)
+        load.stop = True
+    after = [v for t, v in load.results if t > done_at]
+    assert after and set(after) == {2}, "every call after the rollout is served by version 2"
+    assert {v for _, v in load.results} == {1, 2}
+    return load
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pipeline": 1},
+        {"pipeline": 4},
+        {"start_method": "forkserver"},
+    ],
+    ids=["pipeline=1", "pipeline=4", "forkserver"],
+)
+async def test_an_upgrade_under_8_callers_fails_no_call(
+    module: tuple[str, Path], options: dict[str, object]
+) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=3, **options) as pool:  # type: ignore[arg-type]
+            old_pids = {w.pid for w in pool.workers()}
+            load = await _upgrade_under_load(pool, path, probation=0.2)
+            assert load.failures == []
+            infos = pool.workers()
+            assert len(infos) == 3
+            assert {w.version for w in infos} == {2}
+            assert not old_pids & {w.pid for w in infos}
+            assert pool.version == 2
+            stats = pool.statistics()
+            assert stats.version == 2
+            assert stats.rollout == corral.Rollout(1, 2, "done", 3, 3)
+    # the autouse fixture checks that no process is left behind
+
+
+async def test_surge_and_unavailable_bound_the_worker_count(module: tuple[str, Path]) -> None:
+    name, path = module
+    counts: list[int] = []
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=4, pipeline=1) as pool:
+
+            def count(event: corral.WorkerEvent) -> None:
+                counts.append(len(pool.workers()))
+
+            pool.subscribe(count)
+            deploy(path, VERSION_2)
+            await pool.upgrade(surge=2, unavailable=1, probation=0)
+            assert {w.version for w in pool.workers()} == {2}
+    assert max(counts) <= 4 + 2
+    assert max(counts) > 4, "the surge was used"
+
+
+async def test_a_version_whose_init_fails_is_rolled_back(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=3, pipeline=1) as pool:
+            old_pids = {w.pid for w in pool.workers()}
+            deploy(path, VERSION_2_INIT_FAILS)
+            load = Load(pool)
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(load.caller)
+                with pytest.raises(corral.UpgradeFailed) as info:
+                    await pool.upgrade(probation=0.2)
+                load.stop = True
+            assert "version 2 failed" in str(info.value)
+            assert "cannot find its model file" in str(info.value)
+            assert info.value.version == 2
+            assert info.value.failed_calls == 0
+            assert load.failures == [], "a version that never started failed no call"
+            assert {v for _, v in load.results} == {1}
+            infos = pool.workers()
+            assert {w.pid for w in infos} == old_pids, "the old workers were never touched"
+            assert pool.version == 1
+            stats = pool.statistics()
+            assert stats.rollout is not None and stats.rollout.phase == "rolled back"
+            assert "cannot find its model file" in (stats.rollout.error or "")
+            assert await pool.call("version") == 1
+
+
+async def test_a_version_that_crashes_on_its_first_calls_is_rolled_back(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=3, pipeline=1) as pool:
+            deploy(path, VERSION_2_CRASHES)
+            load = Load(pool)
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(load.caller)
+                with pytest.raises(corral.UpgradeFailed) as info:
+                    await pool.upgrade(probation=2.0)
+                load.stop = True
+            # surge=1, unavailable=0: one version-2 worker was on probation when it died,
+            # and only the call it was running failed.
+            assert len(load.failures) <= 1
+            assert all(isinstance(f, corral.WorkerCrashed) for f in load.failures)
+            assert info.value.failed_calls == len(load.failures)
+            assert {w.version for w in pool.workers()} == {1}
+            assert len(pool.workers()) == 3
+            assert await pool.call("version") == 1
+
+
+async def test_init_args_and_env_change_in_an_upgrade(module: tuple[str, Path]) -> None:
+    name, _ = module
+    with trio.fail_after(60):
+        async with corral.open_pool(corral.PythonModule(name, init_args=("small",)), size=2) as pool:
+            assert await pool.call("args") == ["small"]
+            await pool.upgrade(
+                corral.PythonModule(name, init_args=("large", 2)), probation=0, max_requests=100
+            )
+            assert await pool.call("args") == ["large", 2]
+            assert pool.options.max_requests == 100
+
+
+async def test_bad_upgrade_arguments_are_rejected_naming_the_field(module: tuple[str, Path]) -> None:
+    name, _ = module
+    with trio.fail_after(30):
+        async with corral.open_pool(name, size=1) as pool:
+            with pytest.raises(corral.InvalidSpec, match=r"^size: cannot change in an upgrade"):
+                await pool.upgrade(size=3)
+            with pytest.raises(corral.InvalidSpec, match=r"^colour: is not an option"):
+                await pool.upgrade(colour="red")
+            with pytest.raises(corral.InvalidSpec, match=r"^surge: surge and unavailable cannot both be 0"):
+                await pool.upgrade(surge=0)
+            with pytest.raises(corral.InvalidSpec, match=r"^sessions:"):
+                await pool.upgrade(sessions="keep")
+            with pytest.raises(corral.InvalidSpec, match=r"^request_timeout:"):
+                await pool.upgrade(request_timeout=-1)
+            assert pool.version == 1
+            assert pool.statistics().rollout is None
