@@ -6,6 +6,7 @@ module into a temporary folder on sys.path and edits it in place, as a deploy wo
 from __future__ import annotations
 
 import itertools
+import os
 import textwrap
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def args():
     return ARGS
 def pid():
     return os.getpid()
+def parent():
+    return os.getppid()
+COUNTS = {}
+def count(key):
+    COUNTS[key] = COUNTS.get(key, 0) + 1
+    return [VERSION, COUNTS[key]]
 """
 
 VERSION_2 = VERSION_1.replace("VERSION = 1", "VERSION = 2")
@@ -225,3 +232,139 @@ async def test_bad_upgrade_arguments_are_rejected_naming_the_field(module: tuple
                 await pool.upgrade(request_timeout=-1)
             assert pool.version == 1
             assert pool.statistics().rollout is None
+
+
+async def test_a_cancelled_upgrade_rolls_back(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=2, pipeline=1) as pool:
+            old_pids = {w.pid for w in pool.workers()}
+            deploy(path, VERSION_2)
+            with trio.move_on_after(0.1):  # the new worker is READY, on probation
+                await pool.upgrade(probation=5.0)
+            while pool.statistics().rollout.phase != "rolled back":  # type: ignore[union-attr]
+                await trio.sleep(0.02)
+            assert {w.pid for w in pool.workers()} == old_pids
+            assert await pool.call("version") == 1
+            assert pool.version == 1
+            assert pool.statistics().rollout.error == "CorralError: upgrade() was cancelled by its caller"  # type: ignore[union-attr]
+
+
+async def test_a_second_upgrade_while_one_runs_is_refused(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=1) as pool, trio.open_nursery() as nursery:
+            deploy(path, VERSION_2)
+            nursery.start_soon(lambda: pool.upgrade(probation=0.5))
+            await trio.sleep(0.05)
+            with pytest.raises(RuntimeError, match="already upgrading"):
+                await pool.upgrade()
+
+
+async def test_sessions_move_loses_each_session_once(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=2, pipeline=1) as pool:
+            assert await pool.call("count", "a", session="a") == [1, 1]
+            deploy(path, VERSION_2)
+            await pool.upgrade(sessions="move", probation=0)
+            with pytest.raises(corral.SessionLost):
+                await pool.call("count", "a", session="a")
+            assert await pool.call("count", "a", session="a") == [2, 1]
+
+
+async def test_sessions_wait_keeps_a_session_on_its_worker_until_it_ends(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=1, pipeline=1) as pool, trio.open_nursery() as nursery:
+            assert await pool.call("count", "a", session="a") == [1, 1]
+            deploy(path, VERSION_2)
+            finished = trio.Event()
+
+            async def upgrade() -> None:
+                await pool.upgrade(sessions="wait", session_deadline=30, probation=0)
+                finished.set()
+
+            nursery.start_soon(upgrade)
+            draining = trio.Event()
+            pool.subscribe(lambda event: draining.set() if "draining" in event.detail else None)
+            await draining.wait()
+            for n in range(2, 6):  # served on by its old worker while the upgrade waits
+                assert await pool.call("count", "a", session="a") == [1, n]
+                assert await pool.call("version") == 2, "new callers go to the new version"
+                await trio.sleep(0.05)
+            assert not finished.is_set()
+            pool.end_session("a")
+            await finished.wait()
+            assert await pool.call("count", "a", session="a") == [2, 1]  # a new session, no SessionLost
+            assert {w.version for w in pool.workers()} == {2}
+
+
+async def test_sessions_wait_moves_them_at_the_deadline(module: tuple[str, Path]) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=1, pipeline=1) as pool:
+            assert await pool.call("count", "a", session="a") == [1, 1]
+            deploy(path, VERSION_2)
+            start = trio.current_time()
+            await pool.upgrade(sessions="wait", session_deadline=0.5, probation=0)
+            assert trio.current_time() - start >= 0.5
+            with pytest.raises(corral.SessionLost):
+                await pool.call("count", "a", session="a")
+            assert await pool.call("count", "a", session="a") == [2, 1]
+
+
+async def test_the_fork_server_template_is_replaced_first_and_the_old_one_stops(
+    module: tuple[str, Path],
+) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=2, start_method="forkserver") as pool:
+            old_template = await pool.call("parent")
+            deploy(path, VERSION_2)
+            await pool.upgrade(probation=0)
+            parents = {await pool.call("parent") for _ in range(10)}
+            assert len(parents) == 1 and old_template not in parents
+            assert await pool.call("version") == 2
+            with trio.fail_after(5):
+                while _exists(old_template):
+                    await trio.sleep(0.02)
+
+
+async def test_a_fork_server_template_that_cannot_import_the_new_version_rolls_back(
+    module: tuple[str, Path],
+) -> None:
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=2, start_method="forkserver") as pool:
+            old_template = await pool.call("parent")
+            deploy(path, VERSION_2 + "\nraise ImportError('numpy is missing')\n")
+            with pytest.raises(corral.UpgradeFailed, match="numpy is missing"):
+                await pool.upgrade(probation=0)
+            assert await pool.call("parent") == old_template
+            assert await pool.call("version") == 1
+
+
+async def test_an_edit_within_the_same_second_and_of_the_same_size_is_picked_up(
+    module: tuple[str, Path],
+) -> None:
+    """Python's bytecode cache compares the source's mtime in whole seconds and its size:
+    version 2 below has both of version 1's, and still runs after the upgrade."""
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=1) as pool:
+            assert await pool.call("version") == 1
+            before = os.stat(path)
+            deploy(path, VERSION_2)
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert os.stat(path).st_size == before.st_size
+            await pool.upgrade(probation=0)
+            assert await pool.call("version") == 2
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -446,11 +446,37 @@ class Pool:
             sessions=sessions,
             session_deadline=session_deadline,
         )
+        # The rollout is the pool's work, not the caller's: a caller cancelled halfway
+        # must not leave old workers half drained. It runs in the pool's nursery; a
+        # cancelled caller leaves at once, and the rollout rolls itself back.
         self._upgrading = True
+        done = trio.Event()
+        outcome: list[Rollout | BaseException] = []
+
+        async def drive() -> None:
+            try:
+                outcome.append(await rollout.run())
+            except trio.Cancelled:
+                raise  # the pool closes
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                self._upgrading = False
+                done.set()
+
+        assert self._slots.nursery is not None
+        self._slots.nursery.start_soon(drive)
         try:
-            return await rollout.run()
-        finally:
-            self._upgrading = False
+            await done.wait()
+        except BaseException:
+            rollout.abandon()
+            raise
+        if not outcome:
+            raise PoolClosed(f"pool {self.name!r} closed during the upgrade")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _new_release(self, handlers: object, changes: dict[str, Any]) -> Release:
         """The next version, validated before anything changes (a bad field: InvalidSpec)."""

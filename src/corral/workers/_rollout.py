@@ -153,6 +153,10 @@ class Upgrade:
         self.replaced = 0
         self.status = Rollout(self.old.number, new.number, "starting", 0, 0)
 
+    def abandon(self) -> None:
+        """The caller of ``upgrade()`` was cancelled: roll back, as for a failing version."""
+        self.slots.fail_release(self.new, CorralError("upgrade() was cancelled by its caller"))
+
     def _step(self, phase: str, detail: str, member: Member | None = None) -> None:
         self.status = Rollout(
             self.old.number,
@@ -213,7 +217,7 @@ class Upgrade:
         try:
             await self.slots.start_template(new)
         except CorralError as exc:
-            new.fail(exc)
+            self.slots.fail_release(new, exc)
 
     async def _replace_batch(self, batch: list[Hashable], deadline: float) -> None:
         """Start the batch's new workers (``unavailable`` old ones drain meanwhile); once
@@ -248,7 +252,7 @@ class Upgrade:
             try:
                 member = await self.slots.add_slot(new)
             except CorralError as exc:
-                new.fail(exc)
+                self.slots.fail_release(new, exc)
                 return
             finally:
                 new.starting.discard(scope)

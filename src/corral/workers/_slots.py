@@ -231,9 +231,14 @@ class Slots:
             return
         release.judge_exit(member, trio.current_time(), error)
         if release.failure is not None:
-            for other in list(self.members.values()):
-                if other.release is release:
-                    self.retire(other)
+            self.fail_release(release, release.failure)
+
+    def fail_release(self, release: Release, error: BaseException) -> None:
+        """Judge a version failing: none of its workers takes another call."""
+        release.fail(error)
+        for other in list(self.members.values()):
+            if other.release is release:
+                self.retire(other)
 
     def retire(self, member: Member) -> None:
         """It takes no new calls (an upgrade replaces it); calls it holds run on."""
