@@ -368,3 +368,30 @@ def _exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_rollback_says_when_old_workers_had_to_start_from_the_changed_file(
+    module: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Spawned workers import the module as it is on disk: once version 2 replaced it in
+    place, a rollback past the first batch cannot bring version 1's code back, and says so."""
+    name, path = module
+    counter = tmp_path / "starts"
+    second_start_fails = (
+        VERSION_2
+        + f"""
+def init(*args):
+    import pathlib
+    counter = pathlib.Path({str(counter)!r})
+    starts = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(starts))
+    if starts >= 2:
+        raise RuntimeError("the second start of version 2 fails")
+"""
+    )
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=2, pipeline=1) as pool:
+            deploy(path, second_start_fails)
+            with pytest.raises(corral.UpgradeFailed, match="had to start from the handler module on disk"):
+                await pool.upgrade(probation=0)
+            assert await pool.call("version") == 1  # the old worker not yet replaced serves on

@@ -61,6 +61,7 @@ class Release:
     __slots__ = (
         "failed_calls",
         "failure",
+        "fingerprint",
         "handlers",
         "judged",
         "number",
@@ -88,6 +89,12 @@ class Release:
         self.starting: set[trio.CancelScope] = set()  # its starts, cancelled when judged
         self.template_scope: trio.CancelScope | None = None  # its fork-server template
         self.failed_calls = 0  # calls its workers failed by dying on probation
+        self.fingerprint = source_fingerprint(handlers)  # its handler module on disk
+
+    def on_disk(self) -> bool:
+        """Whether a worker started now would run this version's handler module: a
+        spawned worker imports the file as it is now (a forked one, its template's)."""
+        return self.placements.forkserver is not None or source_fingerprint(self.handlers) == self.fingerprint
 
     def fail(self, error: BaseException) -> None:
         """Judge it failing (once): its starts under way are abandoned."""
@@ -151,6 +158,7 @@ class Upgrade:
         new.probation = probation
         self.total = 0
         self.replaced = 0
+        self.stale = 0  # old workers a rollback restarted from a changed module file
         self.status = Rollout(self.old.number, new.number, "starting", 0, 0)
 
     def abandon(self) -> None:
@@ -200,10 +208,17 @@ class Upgrade:
                 self._step("done", f"done: {self.replaced} worker(s) replaced")
                 return self.status
             await self._roll_back()
+            stale = (
+                f" {self.stale} of its workers had to start from the handler module on disk, "
+                "which holds the new code now: keep each version in its own module or folder "
+                "to roll back to it."
+                if self.stale
+                else ""
+            )
             raise UpgradeFailed(
                 f"pool {slots.name!r}: version {new.number} failed ({_describe(new.failure)}); "
-                f"rolled back: the pool serves on version {old.number}. Fix the new version "
-                "(the cause is chained below), then upgrade again.",
+                f"rolled back: the pool serves on version {old.number}.{stale} Fix the new "
+                "version (the cause is chained below), then upgrade again.",
                 version=new.number,
                 failed_calls=new.failed_calls,
             ) from new.failure
@@ -293,6 +308,15 @@ class Upgrade:
             if member.release is new:
                 slots.retire(member)
         missing = self.total - len(slots.slots_of(old))
+        if missing > 0 and not old.on_disk():
+            self.stale = missing
+            logger.warning(
+                "[%s] rolling back: %d old worker(s) start from the handler module on disk, which "
+                "has changed since version %d started: they run the new code",
+                slots.name,
+                missing,
+                old.number,
+            )
         async with trio.open_nursery() as nursery:
             for slot in slots.slots_of(new):
                 nursery.start_soon(self._retire, slot, None)
@@ -310,6 +334,28 @@ class Upgrade:
     def _stop_template(self, release: Release) -> None:
         if release.template_scope is not None:
             release.template_scope.cancel()
+
+
+def source_fingerprint(handlers: object) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of a handler module's source files: () if there is none."""
+    from corral.workers._launch import PythonModule
+
+    module = handlers.module if isinstance(handlers, PythonModule) else handlers
+    if not isinstance(module, str):
+        return ()
+    import os
+    import sys
+
+    from corral.workers._protocol import module_sources
+
+    found = []
+    for path in module_sources(module, sys.path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found.append((path, st.st_mtime_ns, st.st_size))
+    return tuple(found)
 
 
 def _describe(error: BaseException | None) -> str:
