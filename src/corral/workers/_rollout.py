@@ -8,9 +8,10 @@ during a rollout never turns an old worker into a new one by accident.
 
 A rollout replaces the old release's slots batch by batch, as a Kubernetes Deployment
 does (``surge`` workers over the count, ``unavailable`` under it; ``probation`` is its
-minReadySeconds): a batch's new workers start, become READY and live ``probation``
-seconds, and only then are the old workers of the batch drained (their calls finish)
-and stopped. The first new worker that cannot start, or dies on probation, judges the
+minReadySeconds): a batch of ``surge + unavailable`` new workers starts (``surge`` at
+once, the others as ``unavailable`` old ones drain and stop to make room); once they
+are READY and have lived ``probation`` seconds, the batch's other old workers drain
+(their calls finish) and stop. The first new worker that cannot start, or dies on probation, judges the
 release failing: its workers take no more calls, and the rollback stops them and starts
 old workers in place of those already retired.
 """
@@ -36,8 +37,8 @@ logger = logging.getLogger("corral.pool")
 
 #: What ``pool.upgrade(sessions=...)`` accepts.
 SESSION_POLICIES = ("wait", "move")
-#: How often a retiring worker looks whether its sessions have ended.
-SESSION_POLL = 0.05
+#: How often a waiting step looks again (sessions ended, room for one more worker).
+POLL = 0.05
 
 
 @attrs.frozen
@@ -241,10 +242,19 @@ class Upgrade:
         first, later = batch[: self.unavailable], batch[self.unavailable :]
         count = len(slots.slots_of(self.old)) + len(slots.slots_of(new))
         starts = max(0, min(len(batch), self.total - count + len(batch)))
+        now = min(starts, self.surge)  # over the count: at most surge, at once
+
+        async def make_room_then_start() -> None:
+            async with trio.open_nursery() as retiring:
+                for slot in first:
+                    retiring.start_soon(self._retire, slot, deadline)
+            async with trio.open_nursery() as starting:
+                for _ in range(starts - now):
+                    starting.start_soon(self._start_one)
+
         async with trio.open_nursery() as nursery:
-            for slot in first:
-                nursery.start_soon(self._retire, slot, deadline)
-            for _ in range(starts):
+            nursery.start_soon(make_room_then_start)
+            for _ in range(now):
                 nursery.start_soon(self._start_one)
         if new.failure is None:
             with trio.move_on_after(new.probation):
@@ -262,6 +272,8 @@ class Upgrade:
 
     async def _start_one(self) -> None:
         new = self.new
+        if new.failure is not None:
+            return
         with trio.CancelScope() as scope:
             new.starting.add(scope)
             try:
@@ -287,7 +299,7 @@ class Upgrade:
                     member.keeps_sessions = True
                     with trio.move_on_at(deadline):
                         while member.sessions and not member.forgotten:
-                            await trio.sleep(SESSION_POLL)
+                            await trio.sleep(POLL)
                     member.keeps_sessions = False
             await slots.drain_slot(slot)
             try:
@@ -320,16 +332,21 @@ class Upgrade:
         async with trio.open_nursery() as nursery:
             for slot in slots.slots_of(new):
                 nursery.start_soon(self._retire, slot, None)
-            for _ in range(max(0, missing)):
-                nursery.start_soon(self._restore_one)
+            nursery.start_soon(self._restore, missing)
         self._stop_template(new)
         self._step("rolled back", f"rolled back: the pool serves on v{old.number}")
 
-    async def _restore_one(self) -> None:
-        try:
-            await self.slots.add_slot(self.old)
-        except CorralError as exc:
-            logger.warning("[%s] rolling back: an old worker failed to start: %s", self.slots.name, exc)
+    async def _restore(self, missing: int) -> None:
+        """Start ``missing`` old workers, one at a time, each once the count allows it:
+        the surge bound holds while the new workers drain."""
+        slots = self.slots
+        for _ in range(missing):
+            while len(slots.slots_of(self.old)) + len(slots.slots_of(self.new)) >= self.total + self.surge:
+                await trio.sleep(POLL)
+            try:
+                await slots.add_slot(self.old)
+            except CorralError as exc:
+                logger.warning("[%s] rolling back: an old worker failed to start: %s", slots.name, exc)
 
     def _stop_template(self, release: Release) -> None:
         if release.template_scope is not None:

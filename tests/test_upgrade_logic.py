@@ -1,0 +1,127 @@
+"""pool.upgrade() logic on MockClock with fake workers: random pools, loads and
+failures, checked against the rules of docs/pool.md ("Upgrading without downtime").
+
+Each example runs its own ``trio.run`` on a virtual clock (autojump), so a rollout of
+minutes takes milliseconds and every time bound is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import corral
+from corral.workers._launch import Launcher
+from corral.workers._options import WorkerOptions
+from corral.workers._seam import StateCallback
+from tests.fake_worker import FakeWorker, Script
+
+OUTCOMES = ("ok", "start_fails", "dies_on_probation")
+
+
+class Versions:
+    """A factory that remembers which version (handler module name) each worker runs,
+    and the most workers the pool had at once (counted as each new one is made)."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.of: dict[str, str] = {}
+        self.pool: corral.Pool | None = None
+        self.most_live = 0
+
+    def factory(
+        self, launcher: Launcher, options: WorkerOptions, worker_id: str, on_state: StateCallback
+    ) -> FakeWorker:
+        worker = self.script.factory(launcher, options, worker_id, on_state)
+        self.of[worker_id] = launcher.inner.module  # type: ignore[attr-defined]
+        if self.pool is not None:
+            self.most_live = max(self.most_live, len(self.pool.workers()) + 1)
+        return worker
+
+
+@settings(
+    max_examples=int(os.environ.get("CORRAL_TEST_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    size=st.integers(1, 4),
+    surge=st.integers(0, 2),
+    unavailable=st.integers(0, 2),
+    pipelining=st.booleans(),
+    probation=st.sampled_from([0.0, 0.5, 2.0]),
+    outcome=st.sampled_from(OUTCOMES),
+    calls=st.lists(st.floats(0.0, 1.0), max_size=6),
+)
+def test_a_rollout_keeps_its_bounds_and_ends_on_one_version(
+    size: int,
+    surge: int,
+    unavailable: int,
+    pipelining: bool,
+    probation: float,
+    outcome: str,
+    calls: list[float],
+) -> None:
+    if surge + unavailable == 0:
+        surge = 1
+    script = Script(pipelining=pipelining)
+    versions = Versions(script)
+    failures: list[BaseException] = []
+
+    async def main() -> None:
+        async with corral.open_pool("v1", size=size, worker_factory=versions.factory) as pool:
+            versions.pool = pool
+
+            async def caller(seconds: float) -> None:
+                while True:
+                    try:
+                        await pool.call("sleep", seconds)
+                    except corral.CorralError as exc:
+                        failures.append(exc)
+                    await trio.sleep(0.01)
+
+            def kill_a_new_one(event: corral.WorkerEvent) -> None:
+                if event.detail.endswith("READY -> BUSY") or event.detail.endswith("STARTING -> READY"):
+                    if versions.of.get(event.worker_id) == "v2":
+                        worker = next(w for w in script.made if w.id == event.worker_id)
+                        worker.crash("exited with code 3")
+
+            async with trio.open_nursery() as nursery:
+                for seconds in calls:
+                    nursery.start_soon(caller, seconds)
+                await trio.sleep(0.1)
+                if outcome == "start_fails":
+                    script.fail_starts = 1
+                elif outcome == "dies_on_probation":
+                    pool.subscribe(kill_a_new_one)
+                try:
+                    rollout = await pool.upgrade(
+                        "v2", surge=surge, unavailable=unavailable, probation=probation
+                    )
+                except corral.UpgradeFailed as exc:
+                    assert outcome != "ok"
+                    assert exc.failed_calls <= surge + unavailable
+                    expected = "v1"
+                else:
+                    assert outcome == "ok" or (outcome == "dies_on_probation" and False)
+                    assert rollout.phase == "done" and rollout.replaced == rollout.total == size
+                    expected = "v2"
+                nursery.cancel_scope.cancel()
+
+            assert versions.most_live <= size + surge, "surge bounds the workers alive at once"
+            infos = pool.workers()
+            assert {versions.of[w.id] for w in infos} == {expected}
+            assert len(infos) == size
+            assert pool.version == (2 if expected == "v2" else 1)
+            if outcome != "dies_on_probation":
+                assert failures == []
+            else:
+                assert len(failures) <= surge + unavailable
+                assert all(isinstance(f, corral.WorkerCrashed) for f in failures)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
