@@ -8,6 +8,7 @@ minutes takes milliseconds and every time bound is exact.
 from __future__ import annotations
 
 import os
+
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
