@@ -26,6 +26,13 @@ async def test_prometheus_metrics_follow_the_pool() -> None:
             assert 'corral_calls_total{name="boom",outcome="RemoteError",pool="metrics"} 1.0' in text
             assert 'corral_call_seconds_count{name="echo",pool="metrics"} 5.0' in text
             assert 'corral_pool_waiting{pool="metrics"} 0.0' in text
+            assert 'corral_pool_version{pool="metrics"} 1.0' in text
+            assert 'corral_pool_worker_versions{pool="metrics",version="1"} 2.0' in text
+            await pool.upgrade(probation=0)
+            text = prometheus_client.generate_latest(registry).decode()
+            assert 'corral_pool_version{pool="metrics"} 2.0' in text
+            assert 'corral_pool_worker_versions{pool="metrics",version="2"} 2.0' in text
+            assert 'version="1"' not in text
             remove()
             assert "corral_pool_workers" not in prometheus_client.generate_latest(registry).decode()
 

@@ -71,6 +71,23 @@ class _PoolCollector(Collector):
         )
         circuit.add_metric([self._pool.name], 1.0 if self._pool.circuit_state.value == "open" else 0.0)
         yield circuit
+        version = GaugeMetricFamily(
+            f"{p}_pool_version",
+            "The version new workers start from (1 at open, +1 per upgrade that went through)",
+            labels=["pool"],
+        )
+        version.add_metric([name], st.version)
+        yield version
+        versions = GaugeMetricFamily(
+            f"{p}_pool_worker_versions", "Live workers by the version they run", labels=["pool", "version"]
+        )
+        counts: dict[int, int] = {}
+        for info in self._pool.workers():
+            if info.version is not None:
+                counts[info.version] = counts.get(info.version, 0) + 1
+        for number, count in sorted(counts.items()):
+            versions.add_metric([name, str(number)], count)
+        yield versions
         starting = GaugeMetricFamily(
             f"{p}_worker_startup_progress",
             "What a starting worker last reported of its start-up (0 to 1)",
