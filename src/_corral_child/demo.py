@@ -10,15 +10,25 @@ if TYPE_CHECKING:  # collections.abc costs a worker ~3 ms at start-up
     from collections.abc import Iterator
 
 _counters: dict[str, int] = {}
+_version: "int | None" = None
 
 
-def init() -> None:
+def init(version: "int | None" = None) -> None:
     """Pretend to load a model, saying how far it got (protocol 1.1 progress: the pool's
-    events, ``pool.workers()`` and the live view show it)."""
+    events, ``pool.workers()`` and the live view show it). ``version`` comes from
+    ``PythonModule(init_args=...)``: the demo upgrades to "v2" of this same file."""
+    global _version
+    _version = version
+    model = "model" if version is None else f"model v{version}"
     steps = ("weights", "tokenizer", "warm-up")
     for k, step in enumerate(steps, 1):
         time.sleep(0.08)
-        progress(k / len(steps), f"loading model: {step} done")
+        progress(k / len(steps), f"loading {model}: {step} done")
+
+
+def version() -> "int | None":
+    """The version ``init()`` was given: which release answered."""
+    return _version
 
 
 def tokens(n: int) -> "Iterator[str]":

@@ -8,7 +8,7 @@ import sys
 _EPILOG = """\
 corral is mostly a library; this command shows it and runs process trees:
 
-  corral demo                      watch a pool survive crashes, hangs and segfaults
+  corral demo                      watch a pool survive crashes, hangs, segfaults and an upgrade
   corral run examples/procman.toml supervise OS commands with OTP strategies
   corral run --check app.toml      validate a tree without starting it
 
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "A pool of 3 worker processes serves a steady load while a worker calls "
             "os._exit, one segfaults, one hangs past its request timeout, a session's worker "
-            "is killed, a caller gives up mid-call and a replacement's init fails twice. "
+            "is killed, a caller gives up mid-call and a replacement's init fails twice; midway "
+            "the pool is upgraded to a version 2, worker by worker, without a failed call. "
             "Watch the supervisor replace them; the load goes on. Live view on a terminal "
             "(rich), plain log otherwise; Ctrl-C ends it in order, with the summary."
         ),

@@ -2,8 +2,10 @@
 
 The story, in order: three workers start, each reporting its ``init()`` progress through
 its own output (which reaches ``logging``); four callers keep the pool busy; six faults
-are injected, spread evenly over the run; the run ends with a table of every fault: when
-the pool noticed it, when a worker was back in service and which callers saw an error.
+are injected, spread evenly over the run; near the middle, between two faults, the pool
+is upgraded to version 2 of its handlers, worker by worker (``pool.upgrade``); the run ends
+with a table of every fault and the upgrade: when the pool noticed a fault, when a worker
+was back in service, how long the upgrade took and which callers saw an error.
 A live view on a terminal when rich (the demo extra) is installed, plain lines otherwise.
 Ctrl-C ends it early, in order, with the same table.
 """
@@ -33,6 +35,8 @@ SIZE = 3
 CALLERS = 4
 REQUEST_TIMEOUT = 1.0
 DEFAULT_SECONDS = 20.0  # `corral demo --seconds` defaults to this too
+UPGRADE_AT = 0.45  # of the run: after the third fault is dealt with, before the fourth
+PROBATION = 0.3  # seconds each new worker must live before an old one drains
 
 
 def natural(worker_id: str) -> list[tuple[int, int, str]]:
@@ -61,6 +65,18 @@ class Fault:
     cut_short: bool = False
 
 
+@attrs.define(eq=False)
+class Upgrade:
+    """The demo's one rolling upgrade to v2, and the calls that failed while it ran."""
+
+    at: float  # planned: seconds from the start of the demo
+    label: str = f"rolling upgrade v1 -> v2 (surge 1, probation {PROBATION:g} s)"
+    started: float | None = None
+    ended: float | None = None
+    rollout: corral.Rollout | None = None  # how it ended (None: cut short)
+    failed_calls: int = 0  # calls that failed between its start and its end
+
+
 class Demo:
     """The demo's state: what happened when, from the pool's events, calls and logs."""
 
@@ -73,6 +89,7 @@ class Demo:
         self.final: corral.PoolStatistics | None = None  # at the end: the last frame and the summary
         self.final_workers: list[corral.WorkerInfo] = []
         self.faults = _schedule(seconds)
+        self.upgrade = Upgrade(at=seconds * UPGRADE_AT)
         self.current: Fault | None = None  # the fault being injected now
         # worker lifecycle, seconds from the start
         self.failed_at: dict[str, float] = {}
@@ -97,6 +114,9 @@ class Demo:
     def on_worker(self, event: corral.WorkerEvent) -> None:
         if event.action == "progress":  # start-up progress, from the worker's init()
             self.say(f"    {event.worker_id} starting: {event.detail}")
+            return
+        if event.action == "upgrade":  # a step of pool.upgrade(); worker_id "" for the pool's own
+            self.say(f"    {event.worker_id} {event.detail}" if event.worker_id else f"    {event.detail}")
             return
         if event.action != "state":
             return
@@ -200,10 +220,29 @@ class Demo:
             who,
         )
 
-    # -- the faults -------------------------------------------------------------------
+    def upgrade_row(self) -> tuple[str, str, str, str, str]:
+        """The upgrade in the faults' columns: (at, what, "", how it went, callers with an error)."""
+        u = self.upgrade
+        if u.started is None:
+            return ("", u.label, "not reached: the demo ended first", "", "")
+        at = f"{u.started:.1f}s"
+        if u.ended is None:  # under way: where it stands
+            r = self.pool.statistics().rollout if self.pool is not None else None
+            return (at, u.label, "", "starting" if r is None else f"{r.phase}: {r.replaced} of {r.total}", "")
+        r = u.rollout
+        if r is None:
+            outcome = "cut short: the demo ended first"
+        else:
+            why = f" ({r.error})" if r.error else ""
+            outcome = f"{r.phase} after {_ms(u.ended - u.started)}, {r.replaced} of {r.total} replaced{why}"
+        return (at, u.label, "", outcome, f"{u.failed_calls} failed calls" if u.failed_calls else "none")
+
+    # -- the faults, and the upgrade between two of them ---------------------------------
 
     async def run_faults(self) -> None:
         for f in self.faults:
+            if self.upgrade.started is None and f.at > self.upgrade.at:
+                await self.run_upgrade()  # the next fault waits for it: they never overlap
             await trio.sleep_until(self.t0 + f.at)
             assert self.pool is not None
             self.current = f
@@ -216,6 +255,26 @@ class Demo:
                 if self.back(f) is None:
                     f.cut_short = True
                 self.current = None
+
+    async def run_upgrade(self) -> None:
+        """Replace every worker with one of v2 (``init_args=(2,)``), under the same load."""
+        u = self.upgrade
+        await trio.sleep_until(self.t0 + u.at)
+        assert self.pool is not None
+        u.started = self.now()
+        errors_before = len(self.call_errors)
+        self.say(f">>> {u.label}")
+        try:
+            u.rollout = await self.pool.upgrade(
+                corral.PythonModule(HANDLERS, init_args=(2,)), probation=PROBATION
+            )
+        except corral.UpgradeFailed as exc:
+            u.rollout = self.pool.statistics().rollout
+            self.say(f"<<< the upgrade failed: {str(exc).splitlines()[0]}")
+        finally:
+            u.ended = self.now()
+            u.failed_calls = len(self.call_errors) - errors_before
+        self.say(f"    a call now answers from model v{await self.pool.call('version')}")
 
     async def fault_call(self, f: Fault) -> None:
         assert self.pool is not None and f.call is not None
@@ -294,6 +353,12 @@ def _schedule(seconds: float) -> list[Fault]:
     return plan
 
 
+def _timeline(faults: list[Fault], upgrade: Upgrade) -> list[Fault | Upgrade]:
+    """The faults and the upgrade, in the order they come."""
+    before = [f for f in faults if f.at <= upgrade.at]
+    return [*before, upgrade, *faults[len(before) :]]
+
+
 async def _load(pool: corral.Pool, stop: trio.Event) -> None:
     calls = 0
     while not stop.is_set():
@@ -332,7 +397,7 @@ def _render(demo: Demo) -> Any:
     stats = Table.grid(padding=(0, 2))
     stats.add_row("[bold]elapsed[/]", f"{demo.now():.1f} / {demo.seconds:.0f} s")
     workers = Table(expand=True, box=None)
-    for col in ("worker", "pid", "state", "served", "start-up"):
+    for col in ("worker", "version", "pid", "state", "served", "start-up"):
         workers.add_column(col)
     if pool is not None:
         st = demo.final or pool.statistics()
@@ -344,33 +409,42 @@ def _render(demo: Demo) -> Any:
             ("latency p50 / p99", f"{p50} / {p99}"),
             ("waiting callers", str(st.waiting)),
             ("worker restarts", str(st.restarts)),
+            ("version", f"v{st.version}" + (f" ({_rollout(st.rollout)})" if st.rollout else "")),
         ):
             stats.add_row(f"[bold]{key}[/]", value)
         colors = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "FAILED": "red"}
         for w in sorted(demo.final_workers or pool.workers(), key=lambda w: natural(w.id)):
             color = colors.get(w.state.name, "magenta")
-            workers.add_row(w.id, str(w.pid), f"[{color}]{w.state.name}[/]", str(w.served), _start_up(w))
+            state = f"[{color}]{w.state.name}[/]"
+            workers.add_row(w.id, f"v{w.version}", str(w.pid), state, str(w.served), _start_up(w))
     else:
         stats.add_row("[bold]pool[/]", f"starting {SIZE} workers")
     top = Table.grid(expand=True, padding=(0, 1))
     top.add_column(ratio=1)
     top.add_column(ratio=1)
     top.add_row(Panel(stats, title="the pool"), Panel(workers, title="workers"))
-    faults = Table(title="faults injected, and what the pool did", expand=True)
-    for col in ("at", "fault (its worker)", "noticed", "back in service", "callers with an error"):
+    faults = Table(title="faults injected, one upgrade, and what the pool did", expand=True)
+    for col in ("at", "fault (its worker)", "noticed", "back in service / done", "callers with an error"):
         faults.add_column(col)
-    for f in demo.faults:
-        if f.injected is None:
+    for f in _timeline(demo.faults, demo.upgrade):
+        started = f.injected if isinstance(f, Fault) else f.started
+        if started is None:
             faults.add_row(f"{f.at:.1f}s", Text(f.label, style="dim"), Text("upcoming", style="dim"), "", "")
         else:
-            faults.add_row(*(Text(cell) for cell in demo.fault_row(f)))
+            row = demo.fault_row(f) if isinstance(f, Fault) else demo.upgrade_row()
+            faults.add_row(*(Text(cell) for cell in row))
     events = Text("\n".join(demo.recent) or "(waiting for events)")
     return Group(
-        Text("corral demo: a supervised pool under load while faults are injected", style="bold"),
+        Text("corral demo: a supervised pool under load, faults injected, one upgrade", style="bold"),
         top,
         faults,
         Panel(events, title="what happens"),
     )
+
+
+def _rollout(r: corral.Rollout) -> str:
+    """Where an upgrade stands, for the live view."""
+    return f"upgrade v{r.from_version} -> v{r.to_version}: {r.phase} {r.replaced}/{r.total}"
 
 
 def _summary(demo: Demo, interrupted: bool) -> None:
@@ -387,8 +461,11 @@ def _summary(demo: Demo, interrupted: bool) -> None:
     if st.latency_p50 is not None and st.latency_p99 is not None:
         print(f"  latency p50/p99   {_ms(st.latency_p50)} / {_ms(st.latency_p99)}")
     print()
-    print("  every fault injected, and what the pool did about it:")
-    for f in demo.faults:
+    print("  every fault injected, the upgrade, and what the pool did about them:")
+    for f in _timeline(demo.faults, demo.upgrade):
+        if isinstance(f, Upgrade):
+            _summary_upgrade(demo)
+            continue
         at, label, noticed, service, callers = demo.fault_row(f)
         if f.injected is None:
             print(f"  {'':6}  {label}: {noticed}")
@@ -398,6 +475,7 @@ def _summary(demo: Demo, interrupted: bool) -> None:
         print(f"  {'':6}    {noticed}; back in service {service}")
         print(f"  {'':6}    callers with an error: {callers}" + (f" ({f.note})" if f.note else ""))
     attributed = sum(sum(demo.callers(f).values()) for f in demo.faults if f.injected is not None)
+    attributed += demo.upgrade.failed_calls
     failed_calls = len(demo.call_errors)  # the same count as st.failed
     before_a_call = sum(f.errors.total() for f in demo.faults)  # SessionLost: raised before a call
     seen = failed_calls + before_a_call
@@ -407,6 +485,19 @@ def _summary(demo: Demo, interrupted: bool) -> None:
         print(f"  {seen} callers saw an error ({why}), all listed above; every other call was served.")
     else:
         print(f"  {seen} callers saw an error ({why}); {seen - attributed} of them are not listed above.")
+
+
+def _summary_upgrade(demo: Demo) -> None:
+    at, label, missed, outcome, callers = demo.upgrade_row()
+    if demo.upgrade.started is None:
+        print(f"  {'':6}  {label}: {missed}")
+        return
+    versions = collections.Counter(f"v{w.version}" for w in demo.final_workers)
+    now = ", ".join(f"{n} on {v}" for v, n in sorted(versions.items()))
+    print(f"  {at:>6}  {label}")
+    print(f"  {'':6}    {outcome}; workers at the end: {now}")
+    failed = demo.upgrade.failed_calls
+    print(f"  {'':6}    callers with an error: {callers} ({failed} calls failed while it ran)")
 
 
 async def _main(seconds: float, live: bool) -> bool:
@@ -435,9 +526,16 @@ async def _main(seconds: float, live: bool) -> bool:
             outer.start_soon(ctrl_c)
             if view is not None:
                 outer.start_soon(_refresh, view, demo)
-            demo.say(f"corral demo: a pool of {SIZE} workers under load for {seconds:.0f} s, six faults")
+            demo.say(
+                f"corral demo: a pool of {SIZE} workers under load for {seconds:.0f} s, "
+                "six faults, one rolling upgrade"
+            )
             async with corral.open_pool(
-                HANDLERS, size=SIZE, request_timeout=REQUEST_TIMEOUT, name="demo", on_event=demo.on_worker
+                corral.PythonModule(HANDLERS, init_args=(1,)),
+                size=SIZE,
+                request_timeout=REQUEST_TIMEOUT,
+                name="demo",
+                on_event=demo.on_worker,
             ) as pool:
                 demo.pool = pool
                 demo.say(f"pool open: {SIZE} workers READY; {CALLERS} callers start a steady load")
@@ -481,7 +579,10 @@ async def _print_stats(demo: Demo) -> None:
         st = demo.pool.statistics()
         p50 = _ms(st.latency_p50) if st.latency_p50 else "-"
         states = " ".join(f"{k.lower()}={v}" for k, v in st.workers_by_state.items() if v)
-        demo.say(f"[stats] served={st.served} failed={st.failed} p50={p50} {states} restarts={st.restarts}")
+        demo.say(
+            f"[stats] v{st.version} served={st.served} failed={st.failed} p50={p50} {states} "
+            f"restarts={st.restarts}"
+        )
 
 
 class _CallbackHandler(logging.Handler):
