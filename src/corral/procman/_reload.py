@@ -166,13 +166,37 @@ def _diff(old: SupervisorConfig, new: SupervisorConfig, parent: str | None) -> t
             assert isinstance(previous, SupervisorConfig)
             descend[cid] = _diff(previous, child, cid)
             starts.extend(descend[cid][1])
+    restarted = {step.id for step in starts if step.action == "restart" and step.parent == parent}
+    new_by_id = dict(news)
     stops: list[Step] = []
-    for cid, _ in reversed(olds):
+    for cid, child in reversed(olds):
         if cid not in new_ids:
             stops.append(Step("stop", parent, cid))
         elif cid in descend:
             stops.extend(descend[cid][0])
+        elif cid in restarted and isinstance(child, SupervisorConfig):
+            # It stops with its children when it restarts; those the new file has
+            # elsewhere (an id names one log file) are stopped with the removals.
+            stops.extend(_stops_inside(child, _subtree(new_by_id[cid])))
     return stops, starts
+
+
+def _subtree(child: ChildConfig) -> set[str]:
+    """The ids of the children of a supervisor's config, at any depth."""
+    if not isinstance(child, SupervisorConfig):
+        return set()
+    return {cid for cid, c in _named(child)}.union(*(_subtree(c) for _, c in _named(child)))
+
+
+def _stops_inside(old: SupervisorConfig, keep: set[str]) -> list[Step]:
+    """Stops, in reverse start order, of ``old``'s children (any depth) not in ``keep``."""
+    stops: list[Step] = []
+    for cid, child in reversed(_named(old)):
+        if cid not in keep:
+            stops.append(Step("stop", old.id, cid))
+        elif isinstance(child, SupervisorConfig):
+            stops.extend(_stops_inside(child, keep))
+    return stops
 
 
 def diff(old: Config, new: Config) -> Plan:
