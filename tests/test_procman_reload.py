@@ -400,7 +400,8 @@ async def corral_run(tmp_path: Path, text: str, ids: str) -> AsyncIterator[Runni
             for name in ids.split():
                 await handle.wait_for(f"| {name} started (pid ")
             yield handle
-            proc.send_signal(signal.SIGTERM)
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0, handle.text()
     finally:
         with trio.CancelScope(shield=True):
@@ -414,6 +415,12 @@ async def corral_run(tmp_path: Path, text: str, ids: str) -> AsyncIterator[Runni
 
 def environ(pid: int) -> bytes:
     return b"\0" + Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def slow(name: str) -> str:
+    """A command that takes 0.5 s to stop after its SIGTERM."""
+    script = "trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.05; done"
+    return f'id = "{name}"\ncommand = ["sh", "-c", "{script}"]'
 
 
 def toml(*children: str, root: str = "") -> str:
@@ -504,10 +511,7 @@ async def test_reload_with_no_changes_touches_nothing(tmp_path: Path) -> None:
 
 
 async def test_sighups_during_a_reload_make_one_more_reload(tmp_path: Path) -> None:
-    slow = (
-        'id = "slow"\ncommand = ["sh", "-c", "trap \'sleep 0.5; exit 0\' TERM; while :; do sleep 0.05; done"]'
-    )
-    async with corral_run(tmp_path, toml(sleeper("a"), slow), "a slow") as run:
+    async with corral_run(tmp_path, toml(sleeper("a"), slow("slow")), "a slow") as run:
         run.app.write_text(toml(sleeper("a")))
         run.proc.send_signal(signal.SIGHUP)
         await run.wait_for("SIGHUP: reloading")
@@ -518,6 +522,22 @@ async def test_sighups_during_a_reload_make_one_more_reload(tmp_path: Path) -> N
         await trio.sleep(0.3)
         assert run.text().count("SIGHUP: reloading") == 2
         assert "| reload: stopped slow\n" in run.text()
+
+
+async def test_sigint_during_a_reload_stops_the_tree_and_a_sighup_then_is_ignored(tmp_path: Path) -> None:
+    async with corral_run(tmp_path, toml(slow("first"), sleeper("a"), slow("last")), "first a last") as run:
+        run.app.write_text(toml(slow("first"), sleeper("a")))
+        run.proc.send_signal(signal.SIGHUP)
+        await run.wait_for("SIGHUP: reloading")  # last is taking its time to stop
+        run.proc.send_signal(signal.SIGINT)
+        await run.wait_for("| a exited")  # first is taking its time to stop
+        run.proc.send_signal(signal.SIGHUP)
+        assert await run.proc.wait() == 0
+    text = run.text()
+    assert "| SIGHUP: not reloading, the tree is stopping\n" in text
+    assert "| reload:" not in text and text.rstrip().endswith("all stopped")
+    story = text[text.index("SIGINT") :]
+    assert story.index("| last exited") < story.index("| a exited") < story.index("| first exited")
 
 
 def corral_sync(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
