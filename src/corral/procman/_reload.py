@@ -64,10 +64,14 @@ class Step:
 class Plan:
     steps: tuple[Step, ...]
 
-    def summary(self, failed: Sequence[str] = ()) -> str:
-        """The console line of a reload (``failed``: texts of steps that went wrong)."""
-        parts = [step.text() for step in self.steps] + list(failed)
-        return "reload: " + ("; ".join(parts) if parts else "no changes")
+    def summary(self) -> str:
+        """The console line of this plan, were every step to succeed."""
+        return summary([step.text() for step in self.steps])
+
+
+def summary(outcomes: Sequence[str]) -> str:
+    """The console line of a reload: what each step did."""
+    return "reload: " + ("; ".join(outcomes) if outcomes else "no changes")
 
 
 def _show(value: object) -> str:

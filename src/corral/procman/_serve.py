@@ -14,7 +14,7 @@ from corral.procman._config import Config
 from corral.procman._control import PidFileBusy, claim, release
 from corral.procman._load import load_config
 from corral.procman._logs import Console
-from corral.procman._reload import diff
+from corral.procman._reload import diff, summary
 from corral.procman._tree import ProcessTree
 from corral.supervisor import (
     AutoShutdownTriggered,
@@ -185,5 +185,4 @@ async def reload(tree: ProcessTree, console: Console, path: Path | str, log_dir:
     except InvalidSpec as exc:
         console.say(f"reload rejected: {path}: {exc}; still running the previous config")
         return
-    failed = await tree.apply(plan, new)
-    console.say(plan.summary(failed))
+    console.say(summary(await tree.apply(plan, new)))

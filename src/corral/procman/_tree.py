@@ -97,13 +97,22 @@ class ProcessTree:
 
     async def apply(self, plan: Plan, config: Config) -> list[str]:
         """Carry out a reload's plan, one step after the other; ``config`` is the tree's
-        config from now on, less the children that failed to start. Returns what failed
-        (a text for each such step)."""
+        config from now on, less the children that could not start. Returns what each
+        step did, for the console.
+
+        A nested supervisor that is not running (a stopped temporary one, one waiting
+        for its restart) is left alone: it starts from the new config when it starts.
+        """
         self.config = config
-        failed: list[str] = []
+        outcomes: list[str] = []
         not_started: list[str] = []
         for step in plan.steps:
             sup = self.root if step.parent is None else self.nested[step.parent]
+            if not sup.running:
+                note = f"{step.parent} is not running: it will start as the file says"
+                if note not in outcomes:
+                    outcomes.append(note)
+                continue
             try:
                 if step.action != "start":
                     await _remove(sup, step.id)
@@ -113,11 +122,13 @@ class ProcessTree:
                     before = next((sibling for sibling in step.before if sibling in present), None)
                     await sup.start_child(self._spec(step.child), before=before)
             except CorralError as exc:
-                failed.append(f"{step.action} of {step.id} failed: {exc}")
+                outcomes.append(f"could not {step.action} {step.id}: {exc}")
                 if step.action != "stop":
                     not_started.append(step.id)
+            else:
+                outcomes.append(step.text())
         self.config = without(config, not_started)
-        return failed
+        return outcomes
 
 
 async def _remove(sup: Supervisor, child_id: str) -> None:
