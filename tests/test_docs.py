@@ -36,6 +36,7 @@ DOCS = (
     "docs/pool.md",
     "docs/testing.md",
     "docs/telemetry.md",
+    "docs/procman.md",
     "docs/cookbook/model-server.md",
     "docs/cookbook/token-streaming.md",
     "docs/cookbook/cpu-bound.md",

@@ -36,6 +36,33 @@ async def test_start_child_returns_the_started_value_and_appends() -> None:
     assert kids.of("exit") == ["b", "a"]  # run-time children stop in reverse start order too
 
 
+async def test_start_child_before_puts_it_in_place_for_start_stop_and_rest_for_one() -> None:
+    kids = Kids()
+    sup = corral.Supervisor(kids.specs("a", "c"), strategy=corral.Strategy.REST_FOR_ONE)
+    with trio.fail_after(5):
+        async with supervising(sup):
+            assert await sup.start_child(kids.spec("b"), before="c") == "b#1"
+            assert await sup.start_child(kids.spec("first"), before="a") == "first#1"
+            assert [c.id for c in sup.which_children()] == ["first", "a", "b", "c"]
+            await kids.crash("b")  # rest_for_one: b and what comes after it, c
+            assert kids.starts == {"first": 1, "a": 1, "b": 2, "c": 2}
+            del kids.log[:]
+    assert kids.of("exit") == ["c", "b", "a", "first"]  # reverse of the order it has now
+
+
+async def test_start_child_before_an_unknown_id_is_not_found_and_keeps_nothing() -> None:
+    kids = Kids()
+    sup = corral.Supervisor(kids.specs("a"))
+    with trio.fail_after(5):
+        async with supervising(sup):
+            with pytest.raises(corral.NotFound) as exc_info:
+                await sup.start_child(kids.spec("b"), before="nope")
+            assert exc_info.value.child_id == "nope"
+            assert [c.id for c in sup.which_children()] == ["a"] and kids.starts == {"a": 1}
+            with pytest.raises(corral.AlreadyPresent):  # the id is checked first
+                await sup.start_child(kids.spec("a"), before="nope")
+
+
 async def test_start_child_with_an_id_in_use_is_already_present() -> None:
     kids = Kids()
     sup = corral.Supervisor(kids.specs("a", "b", restart=T))

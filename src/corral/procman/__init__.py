@@ -14,8 +14,11 @@ Where each part lives (each usable on its own; the tests do):
   ``parse_config``; ``InvalidSpec`` naming the TOML path, e.g. ``child[2].restart``);
 * ``_logs``: a command's rotating log file and the terminal, one line format for both;
 * ``_runner``: ``run_process``, the child function running one command;
-* ``_tree``: ``build_tree`` (``Config`` -> ``corral.Supervisor``\\ s), ``describe_tree``;
-* ``_serve``: ``serve``, the foreground process manager (signals, console);
+* ``_reload``: ``diff``, what a reload changes (old ``Config``, new ``Config`` -> a plan);
+* ``_tree``: ``build_tree`` (``Config`` -> ``corral.Supervisor``\\ s), ``describe_tree``,
+  ``ProcessTree.apply`` (a reload's plan, carried out);
+* ``_control``: the pid file, and ``corral run --reload`` finding the running instance;
+* ``_serve``: ``serve``, the foreground process manager (signals, reload, console);
 * ``_cli``: ``corral run`` on the command line.
 
 Not imported by ``import corral``.

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 
 import trio
 
 from corral._errors import CorralError, InvalidSpec
+from corral.procman._control import pid_file, send_reload
 from corral.procman._load import load_config
 from corral.procman._logs import Console
 from corral.procman._serve import serve
@@ -24,7 +26,11 @@ then SIGKILL after the shutdown grace) of each command's whole process group.
 
 Each command's stdout/stderr lines go to LOG_DIR/<id>.log (rotated by size) and,
 prefixed with the id, to this terminal. Ctrl-C or SIGTERM stops the tree in
-reverse start order and exits 0; a second Ctrl-C kills everything at once."""
+reverse start order and exits 0; a second Ctrl-C kills everything at once.
+
+SIGHUP, or `corral run --reload CONFIG.toml` from another terminal, reloads the
+file: children added are started at their place, removed ones stopped, changed
+ones restarted; an invalid file is rejected and nothing changes."""
 
 RUN_EPILOG = """\
 example (see examples/procman.toml and docs/procman.md for every option):
@@ -56,8 +62,13 @@ example (see examples/procman.toml and docs/procman.md for every option):
   id = "mailer"
   command = ["python", "-m", "mailer"]
 
+reload (edit the file, then either):
+  kill -HUP <pid>                    # the pid is in LOG_DIR/corral.pid
+  corral run --reload app.toml       # checks the file first, then sends SIGHUP
+
 exit status: 0 after a stop, 1 when the tree gave up or failed to start,
-2 for an invalid config, 130 after a second Ctrl-C."""
+2 for an invalid config, 130 after a second Ctrl-C. With --reload: 0 when
+SIGHUP was sent, 1 when no corral run runs that file, 2 for an invalid config."""
 
 
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,10 +86,16 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="DIR",
         help="write the log files here instead of the config's log_dir",
     )
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--check",
         action="store_true",
         help="validate the config, print the tree it describes, and exit",
+    )
+    mode.add_argument(
+        "--reload",
+        action="store_true",
+        help="validate the config, then make the corral run running it reload it (SIGHUP)",
     )
     parser.add_argument(
         "-q",
@@ -93,8 +110,19 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, log_dir=args.log_dir)
     except InvalidSpec as exc:
-        print(f"corral run: {args.config}: {exc}", file=sys.stderr)
+        if args.reload:
+            print(
+                f"corral run --reload: {args.config}: {exc}; nothing was sent: the running "
+                "corral run keeps its config",
+                file=sys.stderr,
+            )
+        else:
+            print(f"corral run: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.reload:
+        status, message = send_reload(config, args.config)
+        print(f"corral run --reload: {message}", file=sys.stderr if status else sys.stdout)
+        return status
     if args.check:
         print("\n".join(describe_tree(config)))
         return 0
@@ -104,7 +132,11 @@ def run_command(args: argparse.Namespace) -> int:
     console = Console(sys.stdout, sys.stderr, width)
     tree = build_tree(config, None if args.quiet else console)
     try:
-        return trio.run(serve, tree, console)
+        return trio.run(
+            partial(serve, config_path=args.config, log_dir=args.log_dir, pid_file=pid_file(config.logs)),
+            tree,
+            console,
+        )
     except KeyboardInterrupt:  # before the signal receiver was installed
         return 130
     except CorralError as exc:  # pragma: no cover - serve() handles the tree's own errors

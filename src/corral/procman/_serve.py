@@ -1,14 +1,20 @@
 """The foreground process manager: run a ``ProcessTree`` until it ends or is signalled,
-telling the terminal what the supervisors do (``serve``)."""
+telling the terminal what the supervisors do (``serve``), reloading the config on
+SIGHUP (``reload``)."""
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import trio
 
-from corral._errors import ChildStartError, RestartIntensityExceeded
+from corral._errors import ChildStartError, InvalidSpec, RestartIntensityExceeded
+from corral.procman._config import Config
+from corral.procman._control import PidFileBusy, claim, release
+from corral.procman._load import load_config
 from corral.procman._logs import Console
+from corral.procman._reload import diff, summary
 from corral.procman._tree import ProcessTree
 from corral.supervisor import (
     AutoShutdownTriggered,
@@ -60,26 +66,45 @@ def _event_text(event: SupervisorEvent, processes: frozenset[object]) -> str | N
     return None
 
 
-async def serve(tree: ProcessTree, console: Console) -> int:
+async def serve(
+    tree: ProcessTree,
+    console: Console,
+    *,
+    config_path: Path | str | None = None,
+    log_dir: Path | str | None = None,
+    pid_file: Path | None = None,
+) -> int:
     """Run the tree until it ends or SIGINT/SIGTERM; returns the exit status.
 
     First SIGINT/SIGTERM: orderly stop (reverse order, each child's grace), 0.
     Second: kill everything now (SIGKILL to every group, still in reverse order), 130.
     The tree giving up (restart intensity) or failing to start: 1.
+    SIGHUP: read ``config_path`` again (default: the file the tree was loaded from, with
+    ``log_dir`` as ``--log-dir``) and apply what changed (``reload``); one at a time, and
+    SIGHUPs during a reload make one more. ``pid_file``: written once SIGHUP is handled
+    (``corral run --reload`` reads it), removed at the end; held by another live
+    ``corral run``: status 1, nothing started.
     """
+    path = config_path if config_path is not None else tree.config.source
+    known: tuple[Config | None, frozenset[object]] = (None, frozenset())
 
-    processes = frozenset(p.id for p in tree.config.processes())
+    def processes() -> frozenset[object]:  # the ids of the commands, which a reload changes
+        nonlocal known
+        if known[0] is not tree.config:
+            known = (tree.config, frozenset(p.id for p in tree.config.processes()))
+        return known[1]
 
     def report(event: SupervisorEvent) -> None:
-        text = _event_text(event, processes)
+        text = _event_text(event, processes())
         if text is not None:
             console.say(text)
 
-    for sup in tree.supervisors:
-        sup.subscribe(report)
+    tree.subscribe(report)
     status = 0
     done = trio.Event()
     run_scope = trio.CancelScope()
+    reload_scope = trio.CancelScope()
+    reload_wanted = trio.Event()
 
     async def supervise() -> None:
         nonlocal status
@@ -95,29 +120,69 @@ async def serve(tree: ProcessTree, console: Console) -> int:
         finally:
             done.set()
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(supervise)
+    async def reloads() -> None:
+        nonlocal reload_wanted
+        with reload_scope:
+            while True:
+                await reload_wanted.wait()
+                reload_wanted = trio.Event()  # a SIGHUP from now on means one more reload
+                assert path is not None
+                await reload(tree, console, path, log_dir)
 
-            async def watch_signals() -> None:
-                nonlocal status
-                stopping = False
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not stopping and tree.root.running:
-                        stopping = True
-                        console.say(f"{name}: stopping the tree in reverse order (again to kill at once)")
-                        nursery.start_soon(tree.root.stop)
-                    elif not stopping:  # run() has not begun: nothing to stop in order
-                        run_scope.cancel()
-                    else:
-                        console.say(f"{name} again: killing every process now")
-                        status = 130
-                        run_scope.cancel()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        if pid_file is not None:
+            try:
+                claim(pid_file, tree.config.source)
+            except PidFileBusy as exc:
+                console.say(str(exc))
+                return 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(supervise)
+                nursery.start_soon(reloads)
 
-            nursery.start_soon(watch_signals)
-            await done.wait()
-            nursery.cancel_scope.cancel()
+                async def watch_signals() -> None:
+                    nonlocal status
+                    stopping = False
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if signum == signal.SIGHUP:
+                            if stopping:
+                                console.say("SIGHUP: not reloading, the tree is stopping")
+                            elif path is None:
+                                console.say("SIGHUP: not reloading: this tree was not loaded from a file")
+                            else:
+                                reload_wanted.set()
+                        elif not stopping and tree.root.running:
+                            stopping = True
+                            reload_scope.cancel()
+                            console.say(f"{name}: stopping the tree in reverse order (again to kill at once)")
+                            nursery.start_soon(tree.root.stop)
+                        elif not stopping:  # run() has not begun: nothing to stop in order
+                            run_scope.cancel()
+                        else:
+                            console.say(f"{name} again: killing every process now")
+                            status = 130
+                            run_scope.cancel()
+
+                nursery.start_soon(watch_signals)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            if pid_file is not None:
+                release(pid_file)
     if status == 0:
         console.say("all stopped")
     return status
+
+
+async def reload(tree: ProcessTree, console: Console, path: Path | str, log_dir: Path | str | None) -> None:
+    """Read the config again and apply what differs; an invalid one changes nothing."""
+    console.say(f"SIGHUP: reloading {path}")
+    try:
+        new = load_config(path, log_dir=log_dir)
+        plan = diff(tree.config, new)
+    except InvalidSpec as exc:
+        console.say(f"reload rejected: {path}: {exc}; still running the previous config")
+        return
+    console.say(summary(await tree.apply(plan, new)))

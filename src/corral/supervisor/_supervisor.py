@@ -169,6 +169,14 @@ class _Children:
         assert child.id not in self._by_id, child.id
         self._by_id[child.id] = child
 
+    def insert_before(self, child: Child, before: Child) -> None:
+        """Put ``child`` just in front of ``before`` in start order (O(n): rare)."""
+        assert child.id not in self._by_id and before in self, (child.id, before.id)
+        order = list(self._by_id.items())
+        at = order.index((before.id, before))
+        order.insert(at, (child.id, child))
+        self._by_id = dict(order)
+
     def remove(self, child: Child) -> None:
         if self._by_id.get(child.id) is not child:
             raise ValueError(f"{child!r} is not a child")
@@ -346,15 +354,24 @@ class Supervisor:
         self._inbox_send.send_nowait(_Stop("stop"))
         await self._finished.wait()
 
-    async def start_child(self, spec: ChildSpec) -> object:
-        """Add and start a child; returns what it passed to ``task_status.started()``."""
+    async def start_child(self, spec: ChildSpec, *, before: Hashable | None = None) -> object:
+        """Add and start a child; returns what it passed to ``task_status.started()``.
+
+        It goes after the existing children (OTP), or, with ``before=id``, just in
+        front of that child: its place in start order, in the reverse stop order and in
+        ``rest_for_one`` (how ``corral run`` adds a child where its config file has it).
+        """
         self._check_spec(spec)
         async with self._locked():
             if self._find(spec.id) is not None:
                 raise AlreadyPresent(spec.id)
+            successor = None if before is None else self._get(before)
             self._check_capacity()
             child = Child(spec, starting=True)  # holds its id and place, invisible until started
-            self._children.append(child)
+            if successor is None:
+                self._children.append(child)
+            else:
+                self._children.insert_before(child, successor)
         # The start itself runs outside the lock: a slow child delays only its caller,
         # and several start_child calls proceed concurrently.
         try:
