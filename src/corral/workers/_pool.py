@@ -419,8 +419,8 @@ class Pool:
         ``UPGRADABLE_OPTIONS``: env, cwd, timeouts, recycling limits...). Workers are
         replaced in batches: at most ``surge`` over the pool's count and ``unavailable``
         under it; each new worker must be READY and live ``probation`` seconds before
-        an old one drains (its calls finish) and stops. New calls go to new workers as
-        they become READY. Sessions on an old worker: ``"wait"`` until they end
+        an old one drains (its calls finish) and stops. A new worker takes calls as soon
+        as it is READY. Sessions on an old worker: ``"wait"`` until they end
         (``end_session`` or ``session_ttl``), up to ``session_deadline`` seconds for the
         whole upgrade, then move; ``"move"`` at once (``SessionLost`` once, as a crash).
 
