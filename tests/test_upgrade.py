@@ -395,3 +395,27 @@ def init(*args):
             with pytest.raises(corral.UpgradeFailed, match="had to start from the handler module on disk"):
                 await pool.upgrade(probation=0)
             assert await pool.call("version") == 1  # the old worker not yet replaced serves on
+
+
+async def test_an_old_worker_still_waiting_for_its_sessions_is_kept_by_a_rollback(
+    module: tuple[str, Path],
+) -> None:
+    """Cancelled while the old worker serves its session until it ends: the rollback keeps
+    that worker (and the session's state) instead of stopping it and starting another."""
+    name, path = module
+    with trio.fail_after(60):
+        async with corral.open_pool(name, size=1, pipeline=1) as pool:
+            old_pid = await pool.call("pid")
+            assert await pool.call("count", "a", session="a") == [1, 1]
+            deploy(path, VERSION_2)
+            draining = trio.Event()
+            pool.subscribe(lambda event: draining.set() if "draining" in event.detail else None)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: pool.upgrade(sessions="wait", session_deadline=30, probation=0))
+                await draining.wait()
+                nursery.cancel_scope.cancel()
+            while pool.statistics().rollout.phase != "rolled back":  # type: ignore[union-attr]
+                await trio.sleep(0.02)
+            assert await pool.call("count", "a", session="a") == [1, 2], "the session kept its state"
+            assert [w.pid for w in pool.workers()] == [old_pid]
+            assert await pool.call("version") == 1

@@ -66,12 +66,12 @@ class Release:
         "handlers",
         "judged",
         "number",
+        "on_fail",
         "on_probation",
         "options",
         "outgoing",
         "placements",
         "probation",
-        "starting",
         "template_scope",
         "worker_options",
     )
@@ -87,7 +87,8 @@ class Release:
         self.on_probation = False  # during its rollout: a worker dying young judges it
         self.probation = 0.0
         self.outgoing = False  # being replaced: new sessions prefer other workers
-        self.starting: set[trio.CancelScope] = set()  # its starts, cancelled when judged
+        #: Its starts, and old workers' drains: given up when it is judged failing.
+        self.on_fail: set[trio.CancelScope] = set()
         self.template_scope: trio.CancelScope | None = None  # its fork-server template
         self.failed_calls = 0  # calls its workers failed by dying on probation
         self.fingerprint = source_fingerprint(handlers)  # its handler module on disk
@@ -102,7 +103,7 @@ class Release:
         if self.failure is not None:
             return
         self.failure = error
-        for scope in self.starting:
+        for scope in self.on_fail:
             scope.cancel()
         self.judged.set()
 
@@ -275,33 +276,46 @@ class Upgrade:
         if new.failure is not None:
             return
         with trio.CancelScope() as scope:
-            new.starting.add(scope)
+            new.on_fail.add(scope)
             try:
                 member = await self.slots.add_slot(new)
             except CorralError as exc:
                 self.slots.fail_release(new, exc)
                 return
             finally:
-                new.starting.discard(scope)
+                new.on_fail.discard(scope)
             self._step("replacing", f"new worker READY ({self.replaced + 1} of {self.total})", member)
 
     async def _retire(self, slot: Hashable, deadline: float | None) -> None:
         """Drain one slot's worker (its calls finish; with ``sessions="wait"`` its
-        sessions may end until ``deadline``), then stop the slot."""
-        slots = self.slots
+        sessions may end until ``deadline``), then stop the slot. An old worker still
+        draining when the new version is judged failing is kept: it serves on, its
+        sessions intact, and the rollback has one worker less to start."""
+        slots, new = self.slots, self.new
+        old = slots.release_of(slot) is self.old
         slots.retiring.add(slot)
         try:
-            member = slots.member_of(slot)
-            if member is not None:
-                slots.retire(member)
-                self._step("replacing", f"draining v{member.release.number} worker", member)
-                if deadline is not None and self.sessions == "wait" and member.sessions:
-                    member.keeps_sessions = True
-                    with trio.move_on_at(deadline):
-                        while member.sessions and not member.forgotten:
-                            await trio.sleep(POLL)
-                    member.keeps_sessions = False
-            await slots.drain_slot(slot)
+            with trio.CancelScope() as scope:
+                if old:
+                    new.on_fail.add(scope)
+                    if new.failure is not None:
+                        scope.cancel()
+                member = slots.member_of(slot)
+                if member is not None:
+                    slots.retire(member)
+                    self._step("replacing", f"draining v{member.release.number} worker", member)
+                    if deadline is not None and self.sessions == "wait" and member.sessions:
+                        member.keeps_sessions = True
+                        with trio.move_on_at(deadline):
+                            while member.sessions and not member.forgotten:
+                                await trio.sleep(POLL)
+                        member.keeps_sessions = False
+                await slots.drain_slot(slot)
+            new.on_fail.discard(scope)
+            if old and new.failure is not None:
+                slots.retiring.discard(slot)
+                slots.reinstate(slot)
+                return
             try:
                 await slots.sup.terminate_child(slot)
             except CorralError:

@@ -245,6 +245,23 @@ class Slots:
         member.recycling = True
         self.checkout.remove_places(member)
 
+    def reinstate(self, slot: Hashable) -> None:
+        """An upgrade gave up retiring this slot: its worker takes calls again."""
+        member = self.member_of(slot)
+        if member is None or not member.recycling:
+            return
+        member.recycling = member.keeps_sessions = False
+        if member.worker.available:
+            for _ in range(max(0, member.worker.depth - member.holders)):
+                self.checkin(member)
+
+    def release_of(self, slot: Hashable) -> Release | None:
+        for info in self.sup.which_children():
+            if info.id == slot:
+                release: Release = info.spec.args[1]
+                return release
+        return None
+
     def member_of(self, slot: Hashable) -> Member | None:
         for member in self.members.values():
             if member.slot == slot:
