@@ -172,7 +172,7 @@ class Pool:
             worker_factory,
         )
         self._open = False
-        self._upgrading = False
+        self._rollout: Upgrade | None = None  # the upgrade under way
         self._versions = 1  # the last version number handed out
 
     @property
@@ -431,10 +431,14 @@ class Pool:
         """
         self._check_open()
         check_upgrade(surge, unavailable, probation, sessions, session_deadline)
-        if self._upgrading:
+        running = self._rollout
+        if running is not None and running.abandoned:
+            await running.finished.wait()  # the rollback of a cancelled upgrade, first
+            self._check_open()
+        elif running is not None:
             raise RuntimeError(
-                f"pool {self.name!r} is already upgrading (version {self.version}); wait for that "
-                "upgrade to return before starting another"
+                f"pool {self.name!r} is already upgrading to version {running.new.number}; "
+                "wait for that upgrade() to return before starting another"
             )
         new = self._new_release(handlers, options)
         rollout = Upgrade(
@@ -449,29 +453,31 @@ class Pool:
         # The rollout is the pool's work, not the caller's: a caller cancelled halfway
         # must not leave old workers half drained. It runs in the pool's nursery; a
         # cancelled caller leaves at once, and the rollout rolls itself back.
-        self._upgrading = True
-        done = trio.Event()
+        self._rollout = rollout
         outcome: list[Rollout | BaseException] = []
 
         async def drive() -> None:
             try:
                 outcome.append(await rollout.run())
             except trio.Cancelled:
-                raise  # the pool closes
+                raise  # the pool closes: the caller gets PoolClosed
             except BaseException as exc:
-                outcome.append(exc)
+                if isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None:
+                    raise  # the same, from the rollout's own nurseries
+                outcome.append(exc)  # for the caller; nobody's, if it was cancelled
             finally:
-                self._upgrading = False
-                done.set()
+                self._rollout = None
+                rollout.finished.set()
 
         assert self._slots.nursery is not None
         self._slots.nursery.start_soon(drive)
         try:
-            await done.wait()
+            await rollout.finished.wait()
         except BaseException:
-            rollout.abandon()
+            if not outcome:
+                rollout.abandon()
             raise
-        if not outcome:
+        if self._slots.closed or not outcome:
             raise PoolClosed(f"pool {self.name!r} closed during the upgrade")
         result = outcome[0]
         if isinstance(result, BaseException):

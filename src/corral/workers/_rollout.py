@@ -161,10 +161,18 @@ class Upgrade:
         self.total = 0
         self.replaced = 0
         self.stale = 0  # old workers a rollback restarted from a changed module file
+        self.started = 0  # new workers READY so far
+        self.over = False  # done or rolled back: nothing can judge the version any more
+        self.abandoned = False  # its caller was cancelled: it rolls back on its own
+        self.finished = trio.Event()  # run() has returned (set by the pool)
         self.status = Rollout(self.old.number, new.number, "starting", 0, 0)
 
     def abandon(self) -> None:
-        """The caller of ``upgrade()`` was cancelled: roll back, as for a failing version."""
+        """The caller of ``upgrade()`` was cancelled: roll back, as for a failing version
+        (unless it is over already: a version that went through stays)."""
+        if self.over:
+            return
+        self.abandoned = True
         self.slots.fail_release(self.new, CorralError("upgrade() was cancelled by its caller"))
 
     def _step(self, phase: str, detail: str, member: Member | None = None) -> None:
@@ -205,6 +213,7 @@ class Upgrade:
                     break
                 await self._replace_batch(remaining[: self.surge + self.unavailable], deadline)
             if new.failure is None:
+                self.over = True
                 new.on_probation = False
                 self._stop_template(old)
                 self._step("done", f"done: {self.replaced} worker(s) replaced")
@@ -234,7 +243,8 @@ class Upgrade:
         try:
             await self.slots.start_template(new)
         except CorralError as exc:
-            self.slots.fail_release(new, exc)
+            if not self.slots.closed:
+                self.slots.fail_release(new, exc)
 
     async def _replace_batch(self, batch: list[Hashable], deadline: float) -> None:
         """Start the batch's new workers (``unavailable`` old ones drain meanwhile); once
@@ -280,11 +290,13 @@ class Upgrade:
             try:
                 member = await self.slots.add_slot(new)
             except CorralError as exc:
-                self.slots.fail_release(new, exc)
+                if not self.slots.closed:  # a start cut short by the pool's close judges nothing
+                    self.slots.fail_release(new, exc)
                 return
             finally:
                 new.on_fail.discard(scope)
-            self._step("replacing", f"new worker READY ({self.replaced + 1} of {self.total})", member)
+            self.started += 1
+            self._step("replacing", f"new worker READY ({self.started} of {self.total})", member)
 
     async def _retire(self, slot: Hashable, deadline: float | None) -> None:
         """Drain one slot's worker (its calls finish; with ``sessions="wait"`` its
@@ -348,6 +360,7 @@ class Upgrade:
                 nursery.start_soon(self._retire, slot, None)
             nursery.start_soon(self._restore, missing)
         self._stop_template(new)
+        self.over = True
         self._step("rolled back", f"rolled back: the pool serves on v{old.number}")
 
     async def _restore(self, missing: int) -> None:
