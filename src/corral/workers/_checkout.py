@@ -22,6 +22,7 @@ Invariants (asserted where cheap):
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 
 import trio
 
@@ -38,8 +39,8 @@ class Checkout:
         self.held = 0  # places held by callers, over all live members
         self.queued = 0  # waiters not woken yet, in every queue
 
-    def enqueue(self, queue: deque[Waiter]) -> Waiter:
-        waiter = Waiter()
+    def enqueue(self, queue: deque[Waiter], session: Hashable | None = None) -> Waiter:
+        waiter = Waiter(session)
         queue.append(waiter)
         self.queued += 1
         return waiter
@@ -96,6 +97,18 @@ class Checkout:
                     return
         self.idle.append(member)
         member.idle_since = trio.current_time()
+
+    def move_session_waiters(self, member: Member, session: Hashable | None = None) -> None:
+        """Callers waiting for ``member`` for a session (``session`` only, or all) look
+        again: the session ended, or the worker no longer keeps its sessions."""
+        keep: deque[Waiter] = deque()
+        for waiter in member.session_waiters:
+            if session is None or waiter.session == session:
+                waiter.moved = True
+                self.wake(waiter)
+            else:
+                keep.append(waiter)
+        member.session_waiters = keep
 
     def give_to_sessions(self, member: Member) -> bool:
         """A retiring member's free place goes to a caller of its sessions, or nowhere."""

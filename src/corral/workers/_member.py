@@ -24,14 +24,17 @@ if TYPE_CHECKING:
 
 class Waiter:
     """A caller waiting for a place: set with ``member`` (a place was handed over), or
-    set without one (timed out, abandoned, the pool closed, its session was lost)."""
+    set without one (timed out, abandoned, the pool closed, its session was lost or
+    moved)."""
 
-    __slots__ = ("event", "lost", "member")
+    __slots__ = ("event", "lost", "member", "moved", "session")
 
-    def __init__(self) -> None:
+    def __init__(self, session: Hashable | None = None) -> None:
         self.event = trio.Event()
         self.member: Member | None = None
+        self.session = session  # the session it waits for a worker of, if any
         self.lost = False  # its session's worker died while it waited
+        self.moved = False  # its session ended, or its worker stopped keeping it: look again
 
 
 @attrs.define(eq=False)

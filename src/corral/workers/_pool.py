@@ -396,8 +396,11 @@ class Pool:
         """The session is over: forget its binding, so its worker no longer holds it (an
         upgrade with ``sessions="wait"`` waits for exactly this). Its next call, if any,
         starts a new session. The worker keeps whatever state your handlers left."""
+        member = self._sessions.lookup_quietly(session)
         self._sessions.unbind(session)
         self._sessions.forget_lost(session)
+        if member is not None:  # its callers queued for that worker go wherever is free
+            self._checkout.move_session_waiters(member, session)
 
     # -- upgrades ----------------------------------------------------------------
 
@@ -495,6 +498,8 @@ class Pool:
                 )
         current = self._slots.release
         options = attrs.evolve(current.options, **changes)
+        if options.hosts is not None:
+            _check_hosts_upgrade(options.hosts, handlers, changes)
         if isinstance(handlers, _Same):
             handlers = current.handlers
         launcher = _launcher(handlers, options.env, options.cwd)  # type: ignore[arg-type]
@@ -582,7 +587,9 @@ class Pool:
         self._check_saturation()
         waiter = self._checkout.enqueue(self._checkout.waiters)
         slots.ensure_capacity()
-        return await self._wait(waiter, timeout, None)
+        got = await self._wait(waiter, timeout, None)
+        assert got is not None, "only a session's waiter moves"
+        return got
 
     async def _acquire_specific(self, session: Hashable, member: Member, timeout: float | None) -> Member:
         worker = member.worker
@@ -606,8 +613,10 @@ class Pool:
             self._sessions.bind(session, member, trio.current_time())
             return member
         self._check_saturation()
-        waiter = self._checkout.enqueue(member.session_waiters)
+        waiter = self._checkout.enqueue(member.session_waiters, session)
         got = await self._wait(waiter, timeout, session)
+        if got is None:  # the session ended, or its worker (an upgrade retires it) let it go
+            return await self._acquire(session, timeout)
         self._sessions.bind(session, got, trio.current_time())
         return got
 
@@ -621,7 +630,7 @@ class Pool:
                 f"(max_waiting={max_waiting}); shed load or raise max_waiting"
             )
 
-    async def _wait(self, waiter: Waiter, timeout: float | None, session: Hashable | None) -> Member:
+    async def _wait(self, waiter: Waiter, timeout: float | None, session: Hashable | None) -> Member | None:
         if timeout is None:
             timeout = self.options.checkout_timeout
         try:
@@ -634,6 +643,8 @@ class Pool:
             raise
         if waiter.member is None:
             self._checkout.abandon(waiter)
+            if waiter.moved:
+                return None
             raise self._turned_away(waiter, timeout, session)
         return waiter.member
 
@@ -690,6 +701,23 @@ class Pool:
         await slots.sup.stop()
         assert slots.nursery is not None
         slots.nursery.cancel_scope.cancel()
+
+
+def _check_hosts_upgrade(hosts: Sequence[object], handlers: object, changes: dict[str, Any]) -> None:
+    """With ``hosts=``, each host runs what it names: an upgrade may reload it from disk,
+    or give hosts without a module of their own a new module name, nothing more."""
+    from corral.workers._remote import SSH
+
+    own = [h for h in hosts if not (isinstance(h, str) or (isinstance(h, SSH) and h.module is None))]
+    changed = [f for f in ("env", "cwd") if f in changes]
+    if changed or (not isinstance(handlers, _Same) and (own or not isinstance(handlers, str))):
+        field = changed[0] if changed else "handlers"
+        raise InvalidSpec(
+            field,
+            "cannot change in an upgrade of a pool with hosts=: each host runs what it names "
+            "(its own launcher, env and cwd). Upgrade with the same handlers (reloaded from disk), "
+            "give hosts without a module of their own a new module name, or open a new pool",
+        )
 
 
 def _call_name(kind: str, target: Any) -> str:

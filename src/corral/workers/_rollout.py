@@ -205,6 +205,8 @@ class Upgrade:
         slots.sup.max_children = None  # old and new side by side; the batches bound them
         deadline = trio.current_time() + self.session_deadline
         try:
+            await slots.settle(old)  # an old worker starting now (lazy, recycle) is replaced too
+            self.total = len(slots.slots_of(old))
             if new.placements.forkserver is not None:
                 await self._start_template()
             while new.failure is None:
@@ -322,6 +324,7 @@ class Upgrade:
                             while member.sessions and not member.forgotten:
                                 await trio.sleep(POLL)
                         member.keeps_sessions = False
+                        slots.checkout.move_session_waiters(member)  # the rest move
                 await slots.drain_slot(slot)
             new.on_fail.discard(scope)
             if old and new.failure is not None:
@@ -345,6 +348,7 @@ class Upgrade:
         for member in list(slots.members.values()):
             if member.release is new:
                 slots.retire(member)
+        await slots.settle(new)  # a new worker a recycle or a lazy start began: stopped too
         missing = self.total - len(slots.slots_of(old))
         if missing > 0 and not old.on_disk():
             self.stale = missing

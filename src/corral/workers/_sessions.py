@@ -41,6 +41,11 @@ class SessionTable:
         if entry is not None:
             entry[0].sessions.discard(session)
 
+    def lookup_quietly(self, session: Hashable) -> Member | None:
+        """The member a session is bound to, expired or not, raising nothing."""
+        entry = self.bound.get(session)
+        return None if entry is None else entry[0]
+
     def lookup(self, session: Hashable, now: float) -> Member | None:
         """The member this session is bound to (None if unbound or expired); a session
         whose worker died raises ``SessionLost``, once."""

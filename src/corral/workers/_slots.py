@@ -123,6 +123,9 @@ class Slots:
         )
         self.members: dict[str, Member] = {}  # live incarnations by worker id
         self.retiring: set[Hashable] = set()  # slots an upgrade drains: no new calls
+        #: Slots being added, by release: the supervisor lists a child only once started.
+        self.starting: dict[Hashable, Release] = {}
+        self.short = 0  # housekeeping passes in a row that found an eager pool short
         self.rollout: Rollout | None = None  # the upgrade under way, else the last one
         self._slot_ids = itertools.count(1)
         self._incarnations = itertools.count(1)
@@ -269,8 +272,14 @@ class Slots:
         return None
 
     def slots_of(self, release: Release) -> list[Hashable]:
-        """The slots of one release, in start order."""
-        return [info.id for info in self.sup.which_children() if info.spec.args[1] is release]
+        """The slots of one release, in start order (those still starting last)."""
+        slots = [info.id for info in self.sup.which_children() if info.spec.args[1] is release]
+        return slots + [slot for slot, of in self.starting.items() if of is release]
+
+    async def settle(self, release: Release) -> None:
+        """Until no slot of ``release`` is starting (each start is bounded by init_timeout)."""
+        while any(of is release for of in self.starting.values()):
+            await trio.sleep(0.05)
 
     async def drain_slot(self, slot: Hashable) -> None:
         """Until nobody holds a place on the slot's worker (at most ``drain_timeout``)."""
@@ -362,7 +371,11 @@ class Slots:
             restart=release.options.restart,
             shutdown=release.options.stop_timeout + 2.0,
         )
-        await self.sup.start_child(spec)
+        self.starting[slot] = release
+        try:
+            await self.sup.start_child(spec)
+        finally:
+            del self.starting[slot]
         return self.member_of(slot)
 
     def ensure_capacity(self) -> None:
@@ -409,6 +422,32 @@ class Slots:
         if failures:
             raise failures[0]
 
+    def top_up(self) -> None:
+        """An eager pool short of ``size`` for two passes in a row (a rollback whose old
+        worker could not start, a slot that ended for good) starts what is missing, as
+        the circuit breaker allows."""
+        options = self.options
+        rollout = self.rollout
+        if (
+            options.lazy
+            or self.closed
+            or self.pending
+            or self.nursery is None
+            or self.placements.circuit_open
+            or (rollout is not None and rollout.phase not in ("done", "rolled back"))
+        ):
+            self.short = 0
+            return
+        missing = options.size - self.sup.count_children().specs - len(self.starting)
+        self.short = self.short + 1 if missing > 0 else 0
+        if self.short < 2:
+            return
+        self.short = 0
+        logger.warning("[%s] %d worker(s) short of size=%d: starting them", self.name, missing, options.size)
+        for _ in range(missing):
+            self.pending += 1
+            self.nursery.start_soon(self._add_slot_on_demand)
+
     async def _shrink(self, slot: Hashable) -> None:
         try:
             await self.sup.terminate_child(slot)
@@ -432,6 +471,7 @@ class Slots:
                     ):
                         self.checkout.remove_places(member)
                         self.start_soon(self._shrink, member.slot)
+            self.top_up()
             if not self.closed:
                 for member in set(self.checkout.idle):
                     if not member.recycling and recycle_due(member, member.release.options):

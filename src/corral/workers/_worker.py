@@ -663,4 +663,9 @@ class Worker:
             return
         if self._fatal is not None and isinstance(self._fatal, CorralError):
             raise WorkerCrashed(f"worker {self.id} is {self.state.name}: {self._fatal}")
+        if self.state in (WorkerState.STOPPING, WorkerState.STOPPED):
+            raise WorkerCrashed(
+                f"worker {self.id} is {self.state.name}: it was asked to stop (the pool closed, or "
+                "recycled or upgraded it past drain_timeout); it takes no calls"
+            )
         raise WorkerCrashed(f"worker {self.id} is {self.state.name}; it takes no calls")
