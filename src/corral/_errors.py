@@ -189,5 +189,6 @@ class UpgradeFailed(CorralError):
         super().__init__(message)
         #: The version that was rolled back.
         self.version = version
-        #: Calls the new version failed before it was judged (crashes on probation).
+        #: Calls that failed because a worker of the new version died while running
+        #: them, during the rollout.
         self.failed_calls = failed_calls
