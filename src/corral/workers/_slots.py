@@ -22,7 +22,7 @@ from corral._errors import CircuitOpen, CorralError
 from corral._shared import collapse, reraise
 from corral.supervisor._events import ChildRestarting, SupervisorEvent
 from corral.supervisor._records import ChildState
-from corral.supervisor._spec import ChildSpec
+from corral.supervisor._spec import ChildSpec, Restart
 from corral.supervisor._supervisor import DynamicSupervisor
 from corral.workers._checkout import Checkout
 from corral.workers._launch import Launcher
@@ -430,6 +430,7 @@ class Slots:
         rollout = self.rollout
         if (
             options.lazy
+            or options.restart is not Restart.PERMANENT  # a worker that ended is not replaced
             or self.closed
             or self.pending
             or self.nursery is None
