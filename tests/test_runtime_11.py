@@ -238,11 +238,14 @@ def test_signals_in_quick_succession_never_wedge_the_read_ahead(launch: Any) -> 
     start(w)
     assert w.read()[0] == "ready"
     for mid in range(1, 41):
-        w.send(["call", mid, "sleep", [5]])
+        # A call of 60 s, waited for 15 s: a lost cancel or a wedged read-ahead still
+        # fails, a worker the machine starved of CPU for a few seconds does not (with a
+        # 5 s call waited for 5 s, that flaked once in a loaded run of the whole suite).
+        w.send(["call", mid, "sleep", [60]])
         w.send(["cancel", mid])
         for _ in range(4):
             w.proc.send_signal(signal.SIGINT)
-        assert w.read(timeout=5) == ["cancelled", mid]
+        assert w.read(timeout=15) == ["cancelled", mid], w.stderr_lines[-5:]
     assert w.request("ping", 99) == ["pong", 99]
 
 
