@@ -7,8 +7,11 @@ minutes takes milliseconds and every time bound is exact.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -124,3 +127,46 @@ def test_a_rollout_keeps_its_bounds_and_ends_on_one_version(
                 assert all(isinstance(f, corral.WorkerCrashed) for f in failures)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_each_step_of_a_rollout_is_an_event_and_a_log_line(caplog: Any) -> None:
+    """docs/pool.md: started, each new worker READY ("N of M"), probation passed, each old
+    one draining, N of M replaced, done; and for a failing version, rolling back and
+    rolled back. Pool-level steps carry no worker."""
+    caplog.set_level(logging.INFO, logger="corral.pool")
+    script = Script()
+    versions = Versions(script)
+    steps: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        async with corral.open_pool("v1", size=2, worker_factory=versions.factory) as pool:
+            pool.subscribe(
+                lambda e: (
+                    steps.append((e.worker_id, e.detail.split(": ", 1)[1])) if e.action == "upgrade" else None
+                )
+            )
+            await pool.upgrade("v2", probation=0.5)
+            script.fail_starts = 1
+            with pytest.raises(corral.UpgradeFailed):
+                await pool.upgrade("v3", probation=0.5)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    details = [detail for _, detail in steps]
+    assert details[:11] == [
+        "started: 2 worker(s), surge 1, unavailable 0",
+        "new worker READY (1 of 2)",
+        "probation passed (0.5 s)",
+        "draining v1 worker",
+        "1 of 2 replaced",
+        "new worker READY (2 of 2)",
+        "probation passed (0.5 s)",
+        "draining v1 worker",
+        "2 of 2 replaced",
+        "done: 2 worker(s) replaced",
+        "started: 2 worker(s), surge 1, unavailable 0",
+    ]
+    assert details[11].startswith("rolling back: ") and details[-1] == "rolled back: the pool serves on v2"
+    for worker_id, detail in steps:  # a worker's step names it; the pool's own names none
+        assert bool(worker_id) == detail.startswith(("new worker", "draining")), (worker_id, detail)
+    logged = [r.getMessage() for r in caplog.records if "upgrade v" in r.getMessage()]
+    assert len(logged) == len(steps)
