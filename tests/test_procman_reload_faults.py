@@ -286,10 +286,10 @@ command = ["sleep", "100"]
 
 def test_a_sighup_while_corral_run_stops_does_not_kill_it(tmp_path: Path) -> None:
     """Docs: SIGHUP reloads, "the tree runs on"; a SIGHUP during the stop is "ignored:
-    the tree is stopping". trio's signal receiver re-delivers the signals still pending
-    when it closes (after the tree stopped), with SIGHUP's default action: corral run
-    dies by SIGHUP instead of exiting 0 with "all stopped". An operator's reload that
-    races a systemd stop is enough."""
+    the tree is stopping". Also once the signal receiver is gone: trio hands the signals
+    still pending back when it closes (after the tree stopped), and Python resets its
+    handlers as it exits; SIGHUP's default action would kill corral run instead of its
+    exiting 0 with "all stopped" (an operator's reload racing a systemd stop)."""
     (tmp_path / "app.toml").write_text(toml(sleeper("a")))
     killed = 0
     for _ in range(5):
