@@ -227,9 +227,9 @@ time.sleep(1)  # stay alive: a claim by a live process must refuse the other
 
 def test_of_two_corral_run_started_together_with_one_log_dir_one_is_refused(tmp_path: Path) -> None:
     """Docs: "A second corral run with the same log directory is refused (status 1)
-    while the first runs". claim() reads the pid file, then writes its own: two
-    starting at the same time both read "nobody" and both run, on the same log files
-    (two real ``corral run app.toml`` started together: both ran ``a`` in 1 of 6 tries)."""
+    while the first runs", also when both start at the same moment: reading the pid file
+    and then writing one's own would let both read "nobody" and both run, on the same
+    log files (two real ``corral run app.toml`` started together did, 1 in 6 tries)."""
     both = 0
     for round in range(10):
         path = tmp_path / f"r{round}" / "corral.pid"

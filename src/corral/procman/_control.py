@@ -10,6 +10,7 @@ log files would garble them: a second one is refused while the first runs.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from pathlib import Path
@@ -38,7 +39,7 @@ class Owner:
     config: str
 
     @classmethod
-    def me(cls, config: Path | None) -> Owner:
+    def me(cls, config: Path | str | None) -> Owner:
         return cls(os.getpid(), _start_time(os.getpid()) or "-", str(config or ""))
 
     def text(self) -> str:
@@ -77,25 +78,65 @@ def read_owner(path: Path) -> Owner | None:
         return None
 
 
-def claim(path: Path, config: Path | None) -> None:
-    """Write our pid file; raises ``PidFileBusy`` when a live ``corral run`` holds it."""
+# The lock files this process holds, by pid file: open for the process's lifetime.
+_held: dict[Path, int] = {}
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def claim(path: Path, config: Path | str | None) -> None:
+    """Write our pid file; raises ``PidFileBusy`` when a live ``corral run`` holds it.
+
+    Reading the pid file and writing ours is check-then-act: two ``corral run`` starting
+    together would both find it free. So the claim is an exclusive ``flock`` on a lock
+    file beside it (``.corral.pid.lock``, never removed: removing it would let a third
+    process lock a new file while a second still waits on the old one), held until the
+    process exits or ``release``; the kernel drops it when the process dies, however
+    it dies. The pid file itself is still checked, for its message and for an owner
+    that took no lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path not in _held:
+        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = read_owner(path)
+            raise PidFileBusy(_busy(path, owner)) from None
+        _held[path] = fd
     owner = read_owner(path)
     if owner is not None and owner.pid != os.getpid() and owner.alive():
-        raise PidFileBusy(
-            f"another corral run (pid {owner.pid}, {owner.config}) already runs with the log "
-            f"directory {path.parent}; stop it first, or give this one its own with --log-dir"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
+        _unlock(path)
+        raise PidFileBusy(_busy(path, owner))
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
     scratch.write_text(Owner.me(config).text(), encoding="utf-8")
     os.replace(scratch, path)  # a reader sees the old file or the whole new one
 
 
+def _busy(path: Path, owner: Owner | None) -> str:
+    who = "another corral run" if owner is None else f"another corral run (pid {owner.pid}, {owner.config})"
+    return (
+        f"{who} already runs with the log directory {path.parent}; stop it first, or give "
+        "this one its own with --log-dir"
+    )
+
+
+def _unlock(path: Path) -> None:
+    fd = _held.pop(path, None)
+    if fd is not None:
+        os.close(fd)  # drops the flock
+
+
 def release(path: Path) -> None:
-    """Remove our pid file (not one another ``corral run`` wrote since)."""
+    """Remove our pid file (not one another ``corral run`` wrote since) and let go of
+    its lock."""
     owner = read_owner(path)
     if owner is not None and owner.pid == os.getpid():
         path.unlink(missing_ok=True)
+    _unlock(path)
 
 
 def send_reload(config: Config, shown: str) -> tuple[int, str]:
