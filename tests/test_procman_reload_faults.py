@@ -171,9 +171,9 @@ type = "supervisor"
 def test_reload_through_a_symlinked_config_reaches_the_corral_run_of_the_link(tmp_path: Path) -> None:
     """An operator runs ``corral run current.toml`` where current.toml is a symlink to
     releases/v1/app.toml, switches the symlink to v2 and runs ``corral run --reload
-    current.toml`` (the very path the instance was started with, and the path its SIGHUP
-    reloads). It is refused: the pid file holds the resolved path of v1, --reload
-    compares it with the resolved path of v2."""
+    current.toml``: the very path the instance was started with, and the path its
+    SIGHUP reads again, so the instance reloads v2. The pid file names the path as
+    given (absolute, the link kept), not the file it pointed to at the start."""
     logs = tmp_path / "logs"
     for version, children in (("v1", ("a",)), ("v2", ("a", "b"))):
         folder = tmp_path / "releases" / version
@@ -201,6 +201,20 @@ def test_reload_through_a_symlinked_config_reaches_the_corral_run_of_the_link(tm
             timeout=20,
         )
         assert sent.returncode == 0, sent.stderr
+        deadline = time.monotonic() + 15
+        while "| reload: " not in err.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
+            time.sleep(0.05)
+        assert "started b" in err.read_text()
+        # The file the link pointed to at the start is not the one a SIGHUP reads now.
+        other = subprocess.run(
+            corral_cmd("run", "--reload", "releases/v1/app.toml"),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert other.returncode == 1 and f"runs {current}, not " in other.stderr, other.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=20)

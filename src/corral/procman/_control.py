@@ -4,7 +4,8 @@ and removes when it exits.
 
 The file names the pid, the process's start time (from /proc, so a pid reused by
 another program after a ``kill -9`` is not mistaken for ``corral run``) and the
-config file. The log directory is the key because two ``corral run`` writing the same
+config file as it was given (made absolute, symlinks kept: a SIGHUP reads that path
+again, so a link switched to another release is followed). The log directory is the key because two ``corral run`` writing the same
 log files would garble them: a second one is refused while the first runs.
 """
 
@@ -155,13 +156,21 @@ def send_reload(config: Config, shown: str) -> tuple[int, str]:
             f"no corral run is running {shown}: the pid file {path} names pid {owner.pid}, "
             f"which is gone (it was killed before it could remove the file; removed now); {start}"
         )
-    if config.source is not None and owner.config != str(config.source):
+    given = os.path.abspath(shown)
+    if config.source is not None and not _same_file(owner.config, given):
         return 1, (
             f"the corral run using {path.parent} (pid {owner.pid}) runs {owner.config}, not "
-            f"{config.source}; reload that file, or start this one with its own --log-dir"
+            f"{given}; reload that file, or start this one with its own --log-dir"
         )
     os.kill(owner.pid, signal.SIGHUP)
     return 0, (
         f"sent SIGHUP to corral run (pid {owner.pid}); its console says what changed "
         '("reload: ...") or why nothing did ("reload rejected: ...")'
     )
+
+
+def _same_file(running: str, given: str) -> bool:
+    """``given`` is the file the ``corral run`` that runs ``running`` (the path it was
+    given, made absolute) reads at a SIGHUP: the same path, or, following symlinks
+    now, the same file (a link switched to another release since is followed too)."""
+    return running == given or os.path.realpath(running) == os.path.realpath(given)

@@ -4,6 +4,7 @@ SIGHUP (``reload``)."""
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -132,7 +133,7 @@ async def serve(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         if pid_file is not None:
             try:
-                claim(pid_file, tree.config.source)
+                claim(pid_file, None if path is None else os.path.abspath(path))
             except PidFileBusy as exc:
                 console.say(str(exc))
                 return 1
