@@ -5,8 +5,9 @@ and removes when it exits.
 The file names the pid, the process's start time (from /proc, so a pid reused by
 another program after a ``kill -9`` is not mistaken for ``corral run``) and the
 config file as it was given (made absolute, symlinks kept: a SIGHUP reads that path
-again, so a link switched to another release is followed). The log directory is the key because two ``corral run`` writing the same
-log files would garble them: a second one is refused while the first runs.
+again, so a link switched to another release is followed). The log directory is the
+key because two ``corral run`` writing the same log files would garble them: a second
+one is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class Owner:
 
     @classmethod
     def me(cls, config: Path | str | None) -> Owner:
-        return cls(os.getpid(), _start_time(os.getpid()) or "-", str(config or ""))
+        shown = os.path.abspath(config) if config else ""  # symlinks kept
+        return cls(os.getpid(), _start_time(os.getpid()) or "-", shown)
 
     def text(self) -> str:
         return f"{self.pid}\n{self.started}\n{self.config}\n"
