@@ -9,6 +9,8 @@ bounded (``trio.fail_after`` / ``timeout=``) and kill only the processes they st
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +21,10 @@ import pytest
 import trio
 
 import corral
+from corral.procman import Console
 from corral.procman._reload import diff
+from corral.procman._serve import serve
+from corral.procman._tree import ProcessTree
 from tests.test_procman import alive, config, corral_cmd, log_text, running, wait_until
 from tests.test_procman_reload import corral_run, sleeper, toml
 
@@ -64,9 +69,9 @@ WITH_S = (
 async def test_every_reload_leaves_a_supervisor_whose_parent_is_down_to_the_file(tmp_path: Path) -> None:
     """Docs: "A nested supervisor that is not running (a temporary one that ended, ...)
     is left alone: it starts from the new file when it starts". A first reload adds a
-    nested supervisor s into such a p (fine: a note); a second reload that changes a
-    child of s raises KeyError('s') out of ProcessTree.apply: under ``corral run`` that
-    ends the reload task, and with it the whole tree (see the CLI test below)."""
+    nested supervisor s into such a p (a note); a second reload that changes a child of
+    s, which has never run, leaves it alone too, and the note names p, the one that is
+    down (s has no supervisor object yet: looking it up was a KeyError)."""
     with trio.fail_after(15):
         async with running(config(tmp_path, NOT_RUNNING)) as (tree, _):
             await wait_until(lambda: not tree.nested["p"].running)  # p shut itself down
@@ -75,13 +80,13 @@ async def test_every_reload_leaves_a_supervisor_whose_parent_is_down_to_the_file
                 "p is not running: it will start as the file says"
             ]
             second = config(tmp_path, WITH_S.rsplit('["sleep", "100"]', 1)[0] + '["sleep", "99"]\n')
-            outcomes = await tree.apply(diff(tree.config, second), second)  # KeyError: 's'
+            outcomes = await tree.apply(diff(tree.config, second), second)
             assert outcomes == ["p is not running: it will start as the file says"]
 
 
-async def test_a_reload_that_fails_never_stops_corral_run(tmp_path: Path) -> None:
-    """The same, driven by SIGHUP: ``corral run`` dies with a traceback and its running
-    command a is killed; a reload must never stop the tree."""
+async def test_a_second_reload_into_a_supervisor_that_is_down_keeps_corral_run_running(tmp_path: Path) -> None:
+    """The same, driven by SIGHUP: ``corral run`` runs on and its command a is untouched
+    (the KeyError ended the reload task, and with it the whole tree)."""
     async with corral_run(tmp_path, NOT_RUNNING, "a") as run:
         await run.wait_for("| p exited")
         a = run.pids()["a"]
@@ -95,6 +100,37 @@ async def test_a_reload_that_fails_never_stops_corral_run(tmp_path: Path) -> Non
         assert alive(a)  # ... and a untouched
 
 
+async def test_a_reload_that_raises_is_reported_and_the_tree_runs_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside a reload, ``corral run`` says so and runs on: a reload
+    must never bring the tree down."""
+
+    async def broken(self: ProcessTree, plan: object, config: object) -> list[str]:
+        raise RuntimeError("a bug in the reload")
+
+    monkeypatch.setattr(ProcessTree, "apply", broken)
+    app = tmp_path / "app.toml"
+    app.write_text(toml(sleeper("a")))
+    tree = corral.procman.build_tree(corral.procman.load_config(app))
+    err = io.StringIO()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            status: list[int] = []
+
+            async def run() -> None:
+                status.append(await serve(tree, Console(io.StringIO(), err, width=1)))
+
+            nursery.start_soon(run)
+            await wait_until(lambda: "a started" in err.getvalue())
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_until(lambda: "reload failed" in err.getvalue())
+            assert tree.root.running
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert status == [0]
+    assert "reload failed: RuntimeError('a bug in the reload'); the tree runs on\n" in err.getvalue()
+
+
 # -- Ctrl-C during a reload's stop ----------------------------------------------------
 
 
@@ -102,7 +138,8 @@ async def test_sigint_during_a_reload_stop_honours_the_stopping_childs_grace(tmp
     """Docs: "Ctrl-C (or SIGTERM) during a reload interrupts it and stops the tree as
     ever" and "first Ctrl-C: orderly stop of the whole tree, reverse order, graces
     honoured". A command being stopped by the reload (it needs 1 s after its SIGTERM,
-    its grace is 10 s) is SIGKILLed the moment Ctrl-C arrives."""
+    its grace is 10 s) keeps its grace: the reload finishes that step, does no more,
+    and the tree stops (cancelling the step would SIGKILL the command at once)."""
     db = (
         'id = "db"\ncommand = ["sh", "-c", "trap \'sleep 1; echo clean; exit 0\' TERM; echo up; '
         'while :; do sleep 0.05; done"]\nshutdown = 10'
@@ -126,10 +163,10 @@ async def test_sigint_during_a_reload_stop_honours_the_stopping_childs_grace(tmp
 async def test_a_nested_supervisor_restarted_during_a_reload_keeps_what_it_started(tmp_path: Path) -> None:
     """A reload adds x to nested supervisor s and removes slow (elsewhere, 2 s to stop).
     While slow stops, s escalates once and its parent restarts it: it is built from the
-    new file (apply set tree.config first), so x starts then. apply's own "start x"
-    then fails with AlreadyPresent, reports "could not start x", and drops x from
-    tree.config although x runs. A later file without x then says "no changes" and x
-    runs on: a command the file does not have, that no reload will ever stop."""
+    new file, so x starts then. The reload's own "start x" is then done already: it must
+    not fail (AlreadyPresent), report "could not start x" and drop x from the tree's
+    config while x runs (a later file without x would say "no changes" and leave x
+    running, a command the file does not have)."""
     crash_once = "if [ -e crashed ]; then exec sleep 100; fi; touch crashed; sleep 0.7; exit 1"
     old_text = f"""
 [supervisor]
@@ -162,7 +199,7 @@ type = "supervisor"
             running_in_s = ids(tree.nested["s"])
             in_config = [p.id for p in tree.config.processes()]
             assert outcomes == ["stopped slow", "started x"], (outcomes, running_in_s, in_config)
-            assert "x" in in_config  # the tree runs x: its config must say so
+            assert "x" in in_config and "x" in running_in_s  # the tree runs x, and says so
 
 
 # -- the config given through a symlink (a release switch) --------------------------
@@ -336,11 +373,10 @@ def test_a_sighup_while_corral_run_stops_does_not_kill_it(tmp_path: Path) -> Non
 
 async def test_removing_a_backing_off_nested_supervisor_does_not_bring_the_tree_down(tmp_path: Path) -> None:
     """s escalated and waits 0.5 s (root backoff) for its restart; a reload removes s and
-    slow (2 s to stop, stopped first: reverse order). apply set tree.config to the new
-    file first, so while slow stops, s's restart timer fires, ``_run_nested`` finds no s
-    in the config (RuntimeError "no longer in the config", marked "pragma: no cover"),
-    each failed attempt is a counted restart, and the root gives up: corral run would
-    exit 1 with every command stopped, for a reload that only removed two children."""
+    slow (2 s to stop, stopped first: reverse order). While slow stops, s's restart timer
+    fires, and s is no longer in the tree's config: its restart must not fail (each
+    failed attempt is a counted restart, the root would give up and corral run exit 1
+    with every command stopped, for a reload that only removed two children)."""
     crash = "if [ -e crashed ]; then exec sleep 100; fi; touch crashed; sleep 0.2; exit 1"  # once
     old_text = f"""
 [supervisor]
