@@ -84,7 +84,7 @@ async def test_every_reload_leaves_a_supervisor_whose_parent_is_down_to_the_file
             assert outcomes == ["p is not running: it will start as the file says"]
 
 
-async def test_a_second_reload_into_a_supervisor_that_is_down_keeps_corral_run_running(tmp_path: Path) -> None:
+async def test_a_second_reload_into_a_supervisor_that_is_down_keeps_corral_running(tmp_path: Path) -> None:
     """The same, driven by SIGHUP: ``corral run`` runs on and its command a is untouched
     (the KeyError ended the reload task, and with it the whole tree)."""
     async with corral_run(tmp_path, NOT_RUNNING, "a") as run:
