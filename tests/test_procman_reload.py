@@ -304,6 +304,23 @@ async def test_apply_reports_a_child_that_could_not_start_and_forgets_it(tmp_pat
             assert await tree.apply(retry, new) == ["started p"]
 
 
+async def test_a_changed_child_under_rest_for_one_is_restarted_alone(tmp_path: Path) -> None:
+    """As OTP's release handling: a reload's restart is not a crash, so the children
+    after it (which rest_for_one would restart after a crash) run on."""
+    text = '[supervisor]\nstrategy = "rest_for_one"\n' + "".join(
+        f'[[child]]\nid = "{c}"\ncommand = ["sleep", "100"]\n' for c in "abc"
+    )
+    new = config(
+        tmp_path, text.replace('id = "b"\ncommand = ["sleep", "100"]', 'id = "b"\ncommand = ["sleep", "99"]')
+    )
+    with trio.fail_after(10):
+        async with running(config(tmp_path, text)) as (tree, _):
+            before = pids(tree)
+            assert await tree.apply(diff(tree.config, new), new) == ["restarted b (command changed)"]
+            after = pids(tree)
+            assert (after["a"], after["c"]) == (before["a"], before["c"]) and after["b"] != before["b"]
+
+
 async def test_a_change_of_the_root_options_is_rejected_and_nothing_changes(tmp_path: Path) -> None:
     app = tmp_path / "app.toml"
     app.write_text('[[child]]\nid = "a"\ncommand = ["sleep", "100"]\n')

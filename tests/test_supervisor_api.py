@@ -50,6 +50,35 @@ async def test_start_child_before_puts_it_in_place_for_start_stop_and_rest_for_o
     assert kids.of("exit") == ["c", "b", "a", "first"]  # reverse of the order it has now
 
 
+@pytest.mark.parametrize(
+    ("strategy", "before"),
+    [(corral.Strategy.REST_FOR_ONE, None), (corral.Strategy.ONE_FOR_ALL, "a")],
+)
+async def test_start_child_into_a_group_waiting_for_its_restart_starts_with_it_in_order(
+    autojump_clock: trio.testing.MockClock, strategy: corral.Strategy, before: str | None
+) -> None:
+    """a crashed and its group waits out its backoff: a child added inside that group
+    is RESTARTING and starts with it, in order (not now, before the children it comes
+    after); start_child returns None at once. No restart is spent on it."""
+    kids = Kids()
+    backoff = corral.Backoff(initial=1.0, maximum=1.0, jitter=0)
+    sup = corral.Supervisor(kids.specs("a", "b"), strategy=strategy, backoff=backoff, max_restarts=2)
+    with trio.fail_after(5):
+        async with supervising(sup):
+            await kids.crash("a")
+            assert await sup.start_child(kids.spec("c"), before=before) is None
+            assert [c.state for c in sup.which_children()] == [corral.ChildState.RESTARTING] * 3
+            assert kids.starts == {"a": 1, "b": 1}
+            del kids.log[:]
+            await trio.sleep(1.5)
+            order = ["c", "a", "b"] if before == "a" else ["a", "b", "c"]
+            assert kids.of("start") == order
+            assert [(c.id, c.state) for c in sup.which_children()] == [(i, RUNNING) for i in order]
+            await kids.crash("b")  # the second restart allowed is still there: not spent on c
+            await trio.sleep(1.5)
+            assert sup.running
+
+
 async def test_start_child_before_an_unknown_id_is_not_found_and_keeps_nothing() -> None:
     kids = Kids()
     sup = corral.Supervisor(kids.specs("a"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from functools import partial
 
@@ -131,6 +132,12 @@ def run_command(args: argparse.Namespace) -> int:
     width = max((len(p.id) for p in config.processes()), default=0)
     console = Console(sys.stdout, sys.stderr, width)
     tree = build_tree(config, None if args.quiet else console)
+    # A SIGHUP outside serve()'s signal receiver (trio hands the ones still pending back
+    # when the receiver closes, after the tree stopped) must not kill corral run, as
+    # SIGHUP's default action would. A Python handler, not SIG_IGN: an ignored signal
+    # stays ignored across exec, in every command corral starts. Once the tree is down
+    # (no more exec), SIG_IGN: Python resets its own handlers to SIG_DFL as it exits.
+    signal.signal(signal.SIGHUP, _ignore)
     try:
         return trio.run(
             partial(serve, config_path=args.config, log_dir=args.log_dir, pid_file=pid_file(config.logs)),
@@ -142,3 +149,9 @@ def run_command(args: argparse.Namespace) -> int:
     except CorralError as exc:  # pragma: no cover - serve() handles the tree's own errors
         print(f"corral run: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """SIGHUP while no reload can be made: nothing to do."""

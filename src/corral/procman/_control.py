@@ -4,12 +4,15 @@ and removes when it exits.
 
 The file names the pid, the process's start time (from /proc, so a pid reused by
 another program after a ``kill -9`` is not mistaken for ``corral run``) and the
-config file. The log directory is the key because two ``corral run`` writing the same
-log files would garble them: a second one is refused while the first runs.
+config file as it was given (made absolute, symlinks kept: a SIGHUP reads that path
+again, so a link switched to another release is followed). The log directory is the
+key because two ``corral run`` writing the same log files would garble them: a second
+one is refused while the first runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 from pathlib import Path
@@ -38,8 +41,9 @@ class Owner:
     config: str
 
     @classmethod
-    def me(cls, config: Path | None) -> Owner:
-        return cls(os.getpid(), _start_time(os.getpid()) or "-", str(config or ""))
+    def me(cls, config: Path | str | None) -> Owner:
+        shown = os.path.abspath(config) if config else ""  # symlinks kept
+        return cls(os.getpid(), _start_time(os.getpid()) or "-", shown)
 
     def text(self) -> str:
         return f"{self.pid}\n{self.started}\n{self.config}\n"
@@ -77,25 +81,65 @@ def read_owner(path: Path) -> Owner | None:
         return None
 
 
-def claim(path: Path, config: Path | None) -> None:
-    """Write our pid file; raises ``PidFileBusy`` when a live ``corral run`` holds it."""
+# The lock files this process holds, by pid file: open for the process's lifetime.
+_held: dict[Path, int] = {}
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def claim(path: Path, config: Path | str | None) -> None:
+    """Write our pid file; raises ``PidFileBusy`` when a live ``corral run`` holds it.
+
+    Reading the pid file and writing ours is check-then-act: two ``corral run`` starting
+    together would both find it free. So the claim is an exclusive ``flock`` on a lock
+    file beside it (``.corral.pid.lock``, never removed: removing it would let a third
+    process lock a new file while a second still waits on the old one), held until the
+    process exits or ``release``; the kernel drops it when the process dies, however
+    it dies. The pid file itself is still checked, for its message and for an owner
+    that took no lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path not in _held:
+        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = read_owner(path)
+            raise PidFileBusy(_busy(path, owner)) from None
+        _held[path] = fd
     owner = read_owner(path)
     if owner is not None and owner.pid != os.getpid() and owner.alive():
-        raise PidFileBusy(
-            f"another corral run (pid {owner.pid}, {owner.config}) already runs with the log "
-            f"directory {path.parent}; stop it first, or give this one its own with --log-dir"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
+        _unlock(path)
+        raise PidFileBusy(_busy(path, owner))
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
     scratch.write_text(Owner.me(config).text(), encoding="utf-8")
     os.replace(scratch, path)  # a reader sees the old file or the whole new one
 
 
+def _busy(path: Path, owner: Owner | None) -> str:
+    who = "another corral run" if owner is None else f"another corral run (pid {owner.pid}, {owner.config})"
+    return (
+        f"{who} already runs with the log directory {path.parent}; stop it first, or give "
+        "this one its own with --log-dir"
+    )
+
+
+def _unlock(path: Path) -> None:
+    fd = _held.pop(path, None)
+    if fd is not None:
+        os.close(fd)  # drops the flock
+
+
 def release(path: Path) -> None:
-    """Remove our pid file (not one another ``corral run`` wrote since)."""
+    """Remove our pid file (not one another ``corral run`` wrote since) and let go of
+    its lock."""
     owner = read_owner(path)
     if owner is not None and owner.pid == os.getpid():
         path.unlink(missing_ok=True)
+    _unlock(path)
 
 
 def send_reload(config: Config, shown: str) -> tuple[int, str]:
@@ -114,13 +158,21 @@ def send_reload(config: Config, shown: str) -> tuple[int, str]:
             f"no corral run is running {shown}: the pid file {path} names pid {owner.pid}, "
             f"which is gone (it was killed before it could remove the file; removed now); {start}"
         )
-    if config.source is not None and owner.config != str(config.source):
+    given = os.path.abspath(shown)
+    if config.source is not None and not _same_file(owner.config, given):
         return 1, (
             f"the corral run using {path.parent} (pid {owner.pid}) runs {owner.config}, not "
-            f"{config.source}; reload that file, or start this one with its own --log-dir"
+            f"{given}; reload that file, or start this one with its own --log-dir"
         )
     os.kill(owner.pid, signal.SIGHUP)
     return 0, (
         f"sent SIGHUP to corral run (pid {owner.pid}); its console says what changed "
         '("reload: ...") or why nothing did ("reload rejected: ...")'
     )
+
+
+def _same_file(running: str, given: str) -> bool:
+    """``given`` is the file the ``corral run`` that runs ``running`` (the path it was
+    given, made absolute) reads at a SIGHUP: the same path, or, following symlinks
+    now, the same file (a link switched to another release since is followed too)."""
+    return running == given or os.path.realpath(running) == os.path.realpath(given)

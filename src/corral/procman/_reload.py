@@ -244,3 +244,21 @@ def find(config: Config, sup_id: str) -> SupervisorConfig | None:
         return None
 
     return walk(config.root)
+
+
+def path_to(config: Config, sup_id: str) -> list[str]:
+    """The ids of the nested supervisors from the root down to ``sup_id`` (itself last);
+    empty when it is not in ``config``."""
+
+    def walk(sup: SupervisorConfig, above: list[str]) -> list[str]:
+        for child in sup.children:
+            if isinstance(child, SupervisorConfig):
+                assert child.id is not None
+                if child.id == sup_id:
+                    return [*above, child.id]
+                found = walk(child, [*above, child.id])
+                if found:
+                    return found
+        return []
+
+    return walk(config.root, [])

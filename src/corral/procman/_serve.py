@@ -127,12 +127,15 @@ async def serve(
                 await reload_wanted.wait()
                 reload_wanted = trio.Event()  # a SIGHUP from now on means one more reload
                 assert path is not None
-                await reload(tree, console, path, log_dir)
+                try:
+                    await reload(tree, console, path, log_dir)
+                except Exception as exc:  # a reload must never bring the tree down
+                    console.say(f"reload failed: {exc!r}; the tree runs on")
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         if pid_file is not None:
             try:
-                claim(pid_file, tree.config.source)
+                claim(pid_file, path)
             except PidFileBusy as exc:
                 console.say(str(exc))
                 return 1
@@ -155,7 +158,7 @@ async def serve(
                                 reload_wanted.set()
                         elif not stopping and tree.root.running:
                             stopping = True
-                            reload_scope.cancel()
+                            tree.stopping = True  # a reload ends after its step: a stop keeps its grace
                             console.say(f"{name}: stopping the tree in reverse order (again to kill at once)")
                             nursery.start_soon(tree.root.stop)
                         elif not stopping:  # run() has not begun: nothing to stop in order
@@ -163,6 +166,7 @@ async def serve(
                         else:
                             console.say(f"{name} again: killing every process now")
                             status = 130
+                            reload_scope.cancel()
                             run_scope.cancel()
 
                 nursery.start_soon(watch_signals)
@@ -185,4 +189,9 @@ async def reload(tree: ProcessTree, console: Console, path: Path | str, log_dir:
     except InvalidSpec as exc:
         console.say(f"reload rejected: {path}: {exc}; still running the previous config")
         return
-    console.say(summary(await tree.apply(plan, new)))
+    outcomes = await tree.apply(plan, new)
+    if tree.stopping:
+        done = "; ".join(outcomes) if outcomes else "nothing"
+        console.say(f"reload interrupted: the tree is stopping (done: {done})")
+    else:
+        console.say(summary(outcomes))

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from corral._errors import CorralError, NotFound
+from corral._errors import AlreadyPresent, CorralError, NotFound, SupervisorNotRunning
 from corral.procman._config import Config, ProcessConfig, SupervisorConfig
 from corral.procman._logs import Console
-from corral.procman._reload import Plan, find, without
+from corral.procman._reload import Plan, Step, find, path_to, without
 from corral.procman._runner import run_process, show_command
 from corral.supervisor import AutoShutdown, ChildSpec, Supervisor, SupervisorEvent
 
@@ -33,7 +33,12 @@ class ProcessTree:
     root: Supervisor = attrs.field(init=False)
     #: by id: the supervisor running (or that last ran) each nested supervisor
     nested: dict[str, Supervisor] = attrs.field(init=False, factory=dict)
+    #: set by ``corral run``'s first Ctrl-C: a reload under way ends after its current step
+    stopping: bool = attrs.field(init=False, default=False)
     _built_from: dict[str, SupervisorConfig] = attrs.field(init=False, factory=dict)
+    # Nested supervisors a reload changed while they ran: what they run is no longer
+    # the specs they were built with, so their next start builds them again.
+    _changed: set[str] = attrs.field(init=False, factory=set)
     _subscribers: list[Callable[[SupervisorEvent], None]] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -88,11 +93,15 @@ class ProcessTree:
     ) -> None:
         """The ``start`` of a nested supervisor: its current config, run."""
         current = find(self.config, sup_id)
-        if current is None:  # pragma: no cover - a reload stops a child before dropping its config
-            raise RuntimeError(f"supervisor {sup_id!r} is no longer in the config")
-        if self._built_from.get(sup_id) != current or self.nested[sup_id].running:
+        if current is None:
+            # A reload dropped it and is about to stop it, but its restart came first
+            # (it was waiting out a backoff): it holds its place, running nothing, until
+            # the reload's stop. Failing instead would be a failed restart, counted.
+            current = attrs.evolve(self._built_from[sup_id], children=())
+        if self._built_from.get(sup_id) != current or sup_id in self._changed or self.nested[sup_id].running:
             self.nested[sup_id] = self._build(current)
             self._built_from[sup_id] = current
+            self._changed.discard(sup_id)
         await self.nested[sup_id].run(task_status=task_status)
 
     async def apply(self, plan: Plan, config: Config) -> list[str]:
@@ -101,34 +110,79 @@ class ProcessTree:
         step did, for the console.
 
         A nested supervisor that is not running (a stopped temporary one, one waiting
-        for its restart) is left alone: it starts from the new config when it starts.
+        for its restart, one inside a supervisor that is not running) is left alone: it
+        starts from the new config when it starts. One that restarted during the reload
+        was built from the new config then: the steps into it are done already.
+        ``stopping`` ends the reload after the step under way (whose stop keeps its
+        grace).
         """
+        # Which supervisor object runs each nested id now: one built after this point
+        # was built from ``config``.
+        told = dict(self.nested)
         self.config = config
         outcomes: list[str] = []
         not_started: list[str] = []
+
+        def note(parent: str | None) -> None:
+            # Name the outermost one that is down: its start brings the others.
+            chain = path_to(config, parent) if parent is not None else []
+            down = next((i for i in chain if i not in self.nested or not self.nested[i].running), parent)
+            text = f"{down} is not running: it will start as the file says"
+            if text not in outcomes:
+                outcomes.append(text)
+
         for step in plan.steps:
-            sup = self.root if step.parent is None else self.nested[step.parent]
+            if self.stopping:
+                break
+            if step.parent is None:
+                sup = self.root
+            else:
+                found = self.nested.get(step.parent)
+                if found is not None and found is not told.get(step.parent):
+                    if not found.running:
+                        note(step.parent)
+                        continue
+                    outcomes.append(step.text())  # built from the new file since
+                    continue
+                if found is None or not found.running:
+                    note(step.parent)
+                    continue
+                sup = found
             if not sup.running:
-                note = f"{step.parent} is not running: it will start as the file says"
-                if note not in outcomes:
-                    outcomes.append(note)
+                note(step.parent)
                 continue
             try:
-                if step.action != "start":
-                    await _remove(sup, step.id)
-                if step.action != "stop":
-                    assert step.child is not None
-                    present = {info.id for info in sup.which_children()}
-                    before = next((sibling for sibling in step.before if sibling in present), None)
-                    await sup.start_child(self._spec(step.child), before=before)
+                await self._step(sup, step)
+            except SupervisorNotRunning:  # it stopped (or gave up) during the reload
+                note(step.parent)
+                continue
             except CorralError as exc:
                 outcomes.append(f"could not {step.action} {step.id}: {exc}")
                 if step.action != "stop":
                     not_started.append(step.id)
-            else:
-                outcomes.append(step.text())
+                continue
+            outcomes.append(step.text())
+            if step.parent is not None:
+                self._changed.add(step.parent)
         self.config = without(config, not_started)
         return outcomes
+
+    async def _step(self, sup: Supervisor, step: Step) -> None:
+        if step.action != "start":
+            await _remove(sup, step.id)
+        if step.action == "stop":
+            return
+        assert step.child is not None
+        spec = self._spec(step.child)
+        present = {info.id: info for info in sup.which_children()}
+        before = next((sibling for sibling in step.before if sibling in present), None)
+        try:
+            await sup.start_child(spec, before=before)
+        except AlreadyPresent:
+            there = {info.id: info for info in sup.which_children()}.get(step.id)
+            if there is None or there.spec != spec:
+                raise CorralError(f"another child {step.id} is already there") from None
+            # Already there as the file says (its supervisor started it meanwhile).
 
 
 async def _remove(sup: Supervisor, child_id: str) -> None:

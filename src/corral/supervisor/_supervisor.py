@@ -360,6 +360,12 @@ class Supervisor:
         It goes after the existing children (OTP), or, with ``before=id``, just in
         front of that child: its place in start order, in the reverse stop order and in
         ``rest_for_one`` (how ``corral run`` adds a child where its config file has it).
+
+        A place inside a group waiting for its restart (a backoff, or a retry after a
+        failed start: ``one_for_all`` with any child RESTARTING, ``rest_for_one`` with
+        one before it) joins that restart: the child is RESTARTING and starts with the
+        group, in order, as OTP restarts a group as the whole it is; the call returns
+        None at once, without starting it (a failed start is then a failed restart).
         """
         self._check_spec(spec)
         async with self._locked():
@@ -372,6 +378,10 @@ class Supervisor:
                 self._children.append(child)
             else:
                 self._children.insert_before(child, successor)
+            if self._restart_pending(child):
+                child.starting = False
+                child.to(ChildState.RESTARTING)
+                return None
         # The start itself runs outside the lock: a slow child delays only its caller,
         # and several start_child calls proceed concurrently.
         try:
@@ -617,6 +627,16 @@ class Supervisor:
                 member.failures += 1
                 return member
         return None
+
+    def _restart_pending(self, child: Child) -> bool:
+        """A restart of the group ``child``'s place is in waits (see ``start_child``)."""
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            return False
+        if self.strategy is Strategy.ONE_FOR_ALL:
+            others = list(self._children)
+        else:
+            others = self._children[: self._children.index(child)]
+        return any(c.state is ChildState.RESTARTING for c in others if c is not child and not c.starting)
 
     def _schedule_retry(self, child: Child, delay: float) -> None:
         token = object()
