@@ -154,23 +154,31 @@ async def test_surge_and_unavailable_bound_the_worker_count(module: tuple[str, P
     assert max(counts) > 4, "the surge was used"
 
 
+async def _failing_upgrade_under_load(
+    pool: corral.Pool, probation: float
+) -> tuple[Load, corral.UpgradeFailed]:
+    """An upgrade expected to roll back, under 8 callers in a tight loop."""
+    load = Load(pool)
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(load.caller)
+        with pytest.raises(corral.UpgradeFailed) as info:
+            await pool.upgrade(probation=probation)
+        load.stop = True
+    return load, info.value
+
+
 async def test_a_version_whose_init_fails_is_rolled_back(module: tuple[str, Path]) -> None:
     name, path = module
     with trio.fail_after(60):
         async with corral.open_pool(name, size=3, pipeline=1) as pool:
             old_pids = {w.pid for w in pool.workers()}
             deploy(path, VERSION_2_INIT_FAILS)
-            load = Load(pool)
-            async with trio.open_nursery() as nursery:
-                for _ in range(8):
-                    nursery.start_soon(load.caller)
-                with pytest.raises(corral.UpgradeFailed) as info:
-                    await pool.upgrade(probation=0.2)
-                load.stop = True
-            assert "version 2 failed" in str(info.value)
-            assert "cannot find its model file" in str(info.value)
-            assert info.value.version == 2
-            assert info.value.failed_calls == 0
+            load, failed = await _failing_upgrade_under_load(pool, probation=0.2)
+            assert "version 2 failed" in str(failed)
+            assert "cannot find its model file" in str(failed)
+            assert failed.version == 2
+            assert failed.failed_calls == 0
             assert load.failures == [], "a version that never started failed no call"
             assert {v for _, v in load.results} == {1}
             infos = pool.workers()
@@ -187,18 +195,12 @@ async def test_a_version_that_crashes_on_its_first_calls_is_rolled_back(module: 
     with trio.fail_after(60):
         async with corral.open_pool(name, size=3, pipeline=1) as pool:
             deploy(path, VERSION_2_CRASHES)
-            load = Load(pool)
-            async with trio.open_nursery() as nursery:
-                for _ in range(8):
-                    nursery.start_soon(load.caller)
-                with pytest.raises(corral.UpgradeFailed) as info:
-                    await pool.upgrade(probation=2.0)
-                load.stop = True
+            load, failed = await _failing_upgrade_under_load(pool, probation=2.0)
             # surge=1, unavailable=0: one version-2 worker was on probation when it died,
             # and only the call it was running failed.
             assert len(load.failures) <= 1
             assert all(isinstance(f, corral.WorkerCrashed) for f in load.failures)
-            assert info.value.failed_calls == len(load.failures)
+            assert failed.failed_calls == len(load.failures)
             assert {w.version for w in pool.workers()} == {1}
             assert len(pool.workers()) == 3
             assert await pool.call("version") == 1
