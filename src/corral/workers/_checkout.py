@@ -12,7 +12,8 @@ Invariants (asserted where cheap):
   (A place of an exclusively leased member stays in ``idle`` for its holder alone.)
 - A member's places are split between its entries in ``idle`` and its ``holders``;
   together they never exceed its ``depth``.
-- A forgotten or recycling member has no entry in ``idle`` (``remove_places``).
+- A forgotten, recycling or retired member has no entry in ``idle`` (``remove_places``),
+  except a place its exclusive lease holder gave back.
 - ``held`` is the sum of ``holders`` over live members: 0 means nobody holds a place.
 - A waiter whose event is set is stale (it got a place, gave up, or was turned away):
   it is skipped where met and never woken twice. ``queued`` counts the others, in
@@ -39,9 +40,15 @@ class Checkout:
         self.held = 0  # places held by callers, over all live members
         self.queued = 0  # waiters not woken yet, in every queue
 
-    def enqueue(self, queue: deque[Waiter], session: Hashable | None = None) -> Waiter:
+    def enqueue(
+        self, queue: deque[Waiter], session: Hashable | None = None, *, front: bool = False
+    ) -> Waiter:
+        """A new waiter, last in ``queue`` (first with ``front``: a caller looking again)."""
         waiter = Waiter(session)
-        queue.append(waiter)
+        if front:
+            queue.appendleft(waiter)
+        else:
+            queue.append(waiter)
         self.queued += 1
         return waiter
 
@@ -111,7 +118,11 @@ class Checkout:
         member.session_waiters = keep
 
     def give_to_sessions(self, member: Member) -> bool:
-        """A retiring member's free place goes to a caller of its sessions, or nowhere."""
+        """A retiring member's free place goes to a caller of its sessions, or nowhere
+        (under an exclusive lease: back to its holder)."""
+        if member.exclusive:
+            self.idle.append(member)
+            return False
         queue = member.session_waiters
         while queue:
             waiter = queue.popleft()

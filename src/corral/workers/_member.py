@@ -51,6 +51,9 @@ class Member:
     exclusive: bool = False
     #: A planned replacement is under way (max_requests, max_age, max_memory_mb).
     recycling: bool = False
+    #: An upgrade retires it (or its version was judged failing): it takes no new call.
+    #: Apart from ``recycling``: a rollback that keeps it clears this flag only.
+    retired: bool = False
     #: Being retired by an upgrade that waits for its sessions: it serves their callers
     #: alone, until they end or the upgrade's session deadline.
     keeps_sessions: bool = False

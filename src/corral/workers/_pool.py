@@ -562,18 +562,25 @@ class Pool:
                 f"pool {self.name!r} is closed; use it inside its `async with corral.open_pool(...)` block"
             )
 
-    async def _acquire(self, session: Hashable | None, timeout: float | None) -> Member:
+    async def _acquire(
+        self, session: Hashable | None, timeout: float | None, *, again: bool = False
+    ) -> Member:
+        """A place for a caller (of ``session``'s worker, if bound). ``again``: a session
+        caller that waited, was moved (its session ended, or its worker let it go) and
+        looks again: it was admitted already, and keeps its turn."""
         self._check_open()
         if session is not None:
             member = self._sessions.lookup(session, trio.current_time())
             if member is not None:
-                return await self._acquire_specific(session, member, timeout)
-        member = await self._acquire_any(timeout, spread=session is not None)
+                return await self._acquire_specific(session, member, timeout, again=again)
+        member = await self._acquire_any(timeout, spread=session is not None, again=again)
         if session is not None:
             self._sessions.bind(session, member, trio.current_time())
         return member
 
-    async def _acquire_any(self, timeout: float | None, *, spread: bool = False) -> Member:
+    async def _acquire_any(
+        self, timeout: float | None, *, spread: bool = False, again: bool = False
+    ) -> Member:
         await trio.lowlevel.checkpoint_if_cancelled()  # before leasing: a cancel leaks no worker
         member = self._checkout.take_idle(spread)
         if member is not None:
@@ -584,14 +591,17 @@ class Pool:
                 f"pool {self.name!r}: workers keep failing to start; calls fail fast for "
                 f"{self._placements.retry_in():.1f} s more (the cause is the last failure)"
             ) from self._placements.last_failure
-        self._check_saturation()
-        waiter = self._checkout.enqueue(self._checkout.waiters)
+        if not again:
+            self._check_saturation()
+        waiter = self._checkout.enqueue(self._checkout.waiters, front=again)
         slots.ensure_capacity()
         got = await self._wait(waiter, timeout, None)
         assert got is not None, "only a session's waiter moves"
         return got
 
-    async def _acquire_specific(self, session: Hashable, member: Member, timeout: float | None) -> Member:
+    async def _acquire_specific(
+        self, session: Hashable, member: Member, timeout: float | None, *, again: bool = False
+    ) -> Member:
         worker = member.worker
         idle = member in self._checkout.idle and not member.exclusive
         if (worker.available or idle) and not (worker.available and worker.alive):
@@ -606,17 +616,26 @@ class Pool:
             self._checkout.take_place_of(member)
             self._sessions.bind(session, member, trio.current_time())
             return member
-        if member.keeps_sessions and member.holders < worker.depth and worker.available:
+        if (
+            member.keeps_sessions
+            and not member.exclusive
+            and member.holders < worker.depth
+            and worker.available
+        ):
             # An upgrade retires it once its sessions end: it serves their callers alone.
             await trio.lowlevel.checkpoint_if_cancelled()
             self._checkout.hold(member)
             self._sessions.bind(session, member, trio.current_time())
             return member
-        self._check_saturation()
-        waiter = self._checkout.enqueue(member.session_waiters, session)
+        if not again:
+            self._check_saturation()
+        waiter = self._checkout.enqueue(member.session_waiters, session, front=again)
+        budget = self.options.checkout_timeout if timeout is None else timeout
+        waited_from = trio.current_time()
         got = await self._wait(waiter, timeout, session)
         if got is None:  # the session ended, or its worker (an upgrade retires it) let it go
-            return await self._acquire(session, timeout)
+            left = None if budget is None else max(0.0, budget - (trio.current_time() - waited_from))
+            return await self._acquire(session, left, again=True)
         self._sessions.bind(session, got, trio.current_time())
         return got
 

@@ -58,6 +58,11 @@ async def recycle(slots: Slots, member: Member) -> None:
         await slots.sup.terminate_child(member.slot)
         if slots.closed:
             return
+        if slots.rolling_out:  # the upgrade's batches replace it (an eager pool's deficit)
+            slots.owed += 1
+            if slots.checkout.waiters:
+                slots.ensure_capacity()  # a lazy pool: on demand, as ever
+            return
         if slots.sup.count_children().specs < max(options.effective_min_size, 1):
             await slots.add_slot()
         elif slots.checkout.waiters:

@@ -209,11 +209,16 @@ class Upgrade:
             self.total = len(slots.slots_of(old))
             if new.placements.forkserver is not None:
                 await self._start_template()
+            if self.total == 0 and new.failure is None:
+                # Nothing to replace (a lazy pool with no worker): one new worker is
+                # started all the same, so that a version that cannot start is judged.
+                await self._replace_batch([], deadline, extra=1)
             while new.failure is None:
                 remaining = slots.slots_of(old)
-                if not remaining:
+                missing = slots.deficit()  # an eager pool short of workers (a recycle skipped)
+                if not remaining and not missing:
                     break
-                await self._replace_batch(remaining[: self.surge + self.unavailable], deadline)
+                await self._replace_batch(remaining[: self.surge + self.unavailable], deadline, missing)
             if new.failure is None:
                 self.over = True
                 new.on_probation = False
@@ -248,13 +253,15 @@ class Upgrade:
             if not self.slots.closed:
                 self.slots.fail_release(new, exc)
 
-    async def _replace_batch(self, batch: list[Hashable], deadline: float) -> None:
-        """Start the batch's new workers (``unavailable`` old ones drain meanwhile); once
-        they are READY and past probation, drain and stop the rest of the batch."""
+    async def _replace_batch(self, batch: list[Hashable], deadline: float, extra: int = 0) -> None:
+        """Start the batch's new workers, and ``extra`` more (``unavailable`` old ones
+        drain meanwhile); once they are READY and past probation, drain and stop the
+        rest of the batch."""
         slots, new = self.slots, self.new
         first, later = batch[: self.unavailable], batch[self.unavailable :]
         count = len(slots.slots_of(self.old)) + len(slots.slots_of(new))
-        starts = max(0, min(len(batch), self.total - count + len(batch)))
+        starts = max(0, min(len(batch), self.total - count + len(batch))) + extra
+        slots.owed = max(0, slots.owed - extra)
         now = min(starts, self.surge)  # over the count: at most surge, at once
 
         async def make_room_then_start() -> None:
@@ -377,6 +384,7 @@ class Upgrade:
             try:
                 await slots.add_slot(self.old)
             except CorralError as exc:
+                slots.owed += 1  # the pool tops itself up later, as its breaker allows
                 logger.warning("[%s] rolling back: an old worker failed to start: %s", slots.name, exc)
 
     def _stop_template(self, release: Release) -> None:

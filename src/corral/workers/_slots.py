@@ -126,6 +126,9 @@ class Slots:
         #: Slots being added, by release: the supervisor lists a child only once started.
         self.starting: dict[Hashable, Release] = {}
         self.short = 0  # housekeeping passes in a row that found an eager pool short
+        #: Workers the pool itself stopped without a replacement yet (a recycle during an
+        #: upgrade, an old worker a rollback could not start): owed whatever ``restart``.
+        self.owed = 0
         self.rollout: Rollout | None = None  # the upgrade under way, else the last one
         self._slot_ids = itertools.count(1)
         self._incarnations = itertools.count(1)
@@ -169,7 +172,7 @@ class Slots:
         member = Member(worker, placement, slot, release)
         # A restart inside a slot an upgrade drains, or of a version judged failing,
         # takes no calls.
-        member.recycling = slot in self.retiring or release.failure is not None
+        member.retired = slot in self.retiring or release.failure is not None
         self.members[worker_id] = member
         placement.live += 1
         try:
@@ -245,15 +248,15 @@ class Slots:
 
     def retire(self, member: Member) -> None:
         """It takes no new calls (an upgrade replaces it); calls it holds run on."""
-        member.recycling = True
+        member.retired = True
         self.checkout.remove_places(member)
 
     def reinstate(self, slot: Hashable) -> None:
         """An upgrade gave up retiring this slot: its worker takes calls again."""
         member = self.member_of(slot)
-        if member is None or not member.recycling:
+        if member is None or not member.retired:
             return
-        member.recycling = member.keeps_sessions = False
+        member.retired = member.keeps_sessions = False
         if member.worker.available:
             for _ in range(max(0, member.worker.depth - member.holders)):
                 self.checkin(member)
@@ -306,7 +309,7 @@ class Slots:
 
     def checkin(self, member: Member) -> None:
         """One place on a member is free: recycle the worker if due, else hand it on."""
-        if not member.worker.available or member.forgotten or member.recycling:
+        if not member.worker.available or member.forgotten or member.recycling or member.retired:
             if member.keeps_sessions and not member.forgotten and member.worker.available:
                 self.checkout.give_to_sessions(member)  # retiring: its sessions' callers only
             return
@@ -338,7 +341,7 @@ class Slots:
         del self.members[member.id]
         self.checkout.drop(member)
         member.forgotten = True
-        member.exclusive = member.recycling = False
+        member.exclusive = member.recycling = member.retired = False
         self.sessions.lose(member, trio.current_time())
         for waiter in member.session_waiters:
             waiter.lost = True
@@ -422,29 +425,38 @@ class Slots:
         if failures:
             raise failures[0]
 
+    @property
+    def rolling_out(self) -> bool:
+        """An upgrade is under way (its batches decide how many workers run)."""
+        return self.rollout is not None and self.rollout.phase not in ("done", "rolled back")
+
+    def deficit(self) -> int:
+        """Workers an eager pool lacks: up to its ``min_size`` (``size`` by default) for a
+        PERMANENT pool; otherwise only those the pool itself stopped (``owed``), since a
+        worker that ended by itself is not replaced."""
+        options = self.options
+        if options.lazy or self.closed:
+            return 0
+        missing = options.effective_min_size - self.sup.count_children().specs - len(self.starting)
+        if missing <= 0:
+            self.owed = 0
+            return 0
+        return missing if options.restart is Restart.PERMANENT else min(missing, self.owed)
+
     def top_up(self) -> None:
-        """An eager pool short of ``size`` for two passes in a row (a rollback whose old
+        """An eager pool short of workers for two passes in a row (a rollback whose old
         worker could not start, a slot that ended for good) starts what is missing, as
         the circuit breaker allows."""
-        options = self.options
-        rollout = self.rollout
-        if (
-            options.lazy
-            or options.restart is not Restart.PERMANENT  # a worker that ended is not replaced
-            or self.closed
-            or self.pending
-            or self.nursery is None
-            or self.placements.circuit_open
-            or (rollout is not None and rollout.phase not in ("done", "rolled back"))
-        ):
+        if self.pending or self.nursery is None or self.placements.circuit_open or self.rolling_out:
             self.short = 0
             return
-        missing = options.size - self.sup.count_children().specs - len(self.starting)
+        missing = self.deficit()
         self.short = self.short + 1 if missing > 0 else 0
         if self.short < 2:
             return
         self.short = 0
-        logger.warning("[%s] %d worker(s) short of size=%d: starting them", self.name, missing, options.size)
+        self.owed = max(0, self.owed - missing)
+        logger.warning("[%s] %d worker(s) short: starting them", self.name, missing)
         for _ in range(missing):
             self.pending += 1
             self.nursery.start_soon(self._add_slot_on_demand)
