@@ -90,7 +90,17 @@ class Run:
 
 
 class Child:
-    __slots__ = ("failures", "last_exit", "restarts", "retry_token", "run", "spec", "starting", "state")
+    __slots__ = (
+        "failures",
+        "joined",
+        "last_exit",
+        "restarts",
+        "retry_token",
+        "run",
+        "spec",
+        "starting",
+        "state",
+    )
 
     def __init__(self, spec: ChildSpec, *, starting: bool = False) -> None:
         self.spec = spec
@@ -101,6 +111,9 @@ class Child:
         self.last_exit: ExitReason | None = None
         self.retry_token: object | None = None  # the pending delayed restart, if any
         self.starting = starting  # start_child in progress: id reserved, not yet visible
+        #: Added by start_child into a group waiting for its restart, not started yet:
+        #: its first start is a start (not a restart), and a failed one refuses it.
+        self.joined = False
 
     @property
     def id(self) -> Hashable:

@@ -380,6 +380,7 @@ class Supervisor:
                 self._children.insert_before(child, successor)
             if self._restart_pending(child):
                 child.starting = False
+                child.joined = True
                 child.to(ChildState.RESTARTING)
                 return None
         # The start itself runs outside the lock: a slow child delays only its caller,
@@ -619,11 +620,16 @@ class Supervisor:
     async def _start_group(self, child: Child) -> Child | None:
         """Start every RESTARTING child of the group; the one that failed, if any."""
         for member in [c for c in self._group(child) if c.state is ChildState.RESTARTING]:
+            joined, member.joined = member.joined, False
             try:
-                await self._start(member, restart=True)  # counts the restart once it is up
+                await self._start(member, restart=not joined)  # counts the restart once it is up
             except ChildStartError as exc:
                 assert exc.__cause__ is not None
                 self._emit(RestartFailed(self.name, member.id, exc.__cause__))
+                if joined:  # it never ran: refused, as start_child refuses it (not a restart)
+                    member.to(ChildState.STOPPED)
+                    self._children.remove(member)
+                    continue
                 member.failures += 1
                 return member
         return None
