@@ -226,3 +226,31 @@ class FakeWorker:
     ) -> AsyncIterator[Stream]:
         raise TypeError("the fake worker does not stream (tests of streams use real workers)")
         yield  # pragma: no cover
+
+
+class Versions:
+    """A factory for pool upgrades: remembers which version (the handler module's name)
+    each worker runs, and the most workers the pool had at once (counted as each new one
+    is made, once ``pool`` is set). Starts of ``fail_version`` fail, through a script of
+    their own: a start of it cancelled before it failed leaves no failure behind for
+    another version's."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.of: dict[str, str] = {}
+        self.pool: corral.Pool | None = None
+        self.most_live = 0
+        self.fail_version: str | None = None
+
+    def factory(
+        self, launcher: Launcher, options: WorkerOptions, worker_id: str, on_state: StateCallback
+    ) -> FakeWorker:
+        version = launcher.inner.module  # type: ignore[attr-defined]
+        script = self.script
+        if version == self.fail_version:
+            script = Script(pipelining=script.pipelining, start_error=WorkerCrashed("init failed"))
+        worker = script.factory(launcher, options, worker_id, on_state)
+        self.of[worker_id] = version
+        if self.pool is not None:
+            self.most_live = max(self.most_live, len(self.pool.workers()) + 1)
+        return worker

@@ -14,25 +14,9 @@ import trio
 import trio.testing
 
 import corral
-from corral.workers._launch import Launcher
-from corral.workers._options import WorkerOptions
-from corral.workers._seam import StateCallback
-from tests.fake_worker import FakeWorker, Script
+from tests.fake_worker import Script, Versions
 from tests.test_upgrade import VERSION_2, deploy
 from tests.test_upgrade import module as module  # the fixture: a handler module in a temporary folder
-
-
-class Versions:
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.of: dict[str, str] = {}
-
-    def factory(
-        self, launcher: Launcher, options: WorkerOptions, worker_id: str, on_state: StateCallback
-    ) -> FakeWorker:
-        worker = self.script.factory(launcher, options, worker_id, on_state)
-        self.of[worker_id] = launcher.inner.module  # type: ignore[attr-defined]
-        return worker
 
 
 def fake_pool(versions: Versions, **options: object) -> AbstractAsyncContextManager[corral.Pool]:
@@ -158,15 +142,17 @@ def test_a_failing_version_keeps_the_old_workers_still_draining() -> None:
     run(main)
 
 
-def test_an_eager_pool_left_short_by_a_rollback_tops_itself_up() -> None:
+@pytest.mark.parametrize("restart", list(corral.Restart))
+def test_an_eager_pool_left_short_by_a_rollback_tops_itself_up(restart: corral.Restart) -> None:
     """size=2; version 2 passes batch 1, then its 2nd start fails, and so does the
     rollback's start of an old worker (as when the module was edited in place): the
-    eager pool runs one worker short, then starts what is missing by itself."""
+    eager pool runs one worker short, then starts what is missing by itself, whatever
+    its restart type (the pool stopped those workers itself; none ended on its own)."""
     script = Script()
     versions = Versions(script)
 
     async def main() -> None:
-        async with corral.open_pool("v1", size=2, worker_factory=versions.factory) as pool:
+        async with corral.open_pool("v1", size=2, restart=restart, worker_factory=versions.factory) as pool:
             orig = versions.factory
 
             n = {"v2": 0}

@@ -18,32 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import corral
-from corral.workers._launch import Launcher
-from corral.workers._options import WorkerOptions
-from corral.workers._seam import StateCallback
-from tests.fake_worker import FakeWorker, Script
+from tests.fake_worker import Script, Versions
 
 OUTCOMES = ("ok", "start_fails", "dies_on_probation")
-
-
-class Versions:
-    """A factory that remembers which version (handler module name) each worker runs,
-    and the most workers the pool had at once (counted as each new one is made)."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.of: dict[str, str] = {}
-        self.pool: corral.Pool | None = None
-        self.most_live = 0
-
-    def factory(
-        self, launcher: Launcher, options: WorkerOptions, worker_id: str, on_state: StateCallback
-    ) -> FakeWorker:
-        worker = self.script.factory(launcher, options, worker_id, on_state)
-        self.of[worker_id] = launcher.inner.module  # type: ignore[attr-defined]
-        if self.pool is not None:
-            self.most_live = max(self.most_live, len(self.pool.workers()) + 1)
-        return worker
 
 
 @settings(
@@ -59,6 +36,7 @@ class Versions:
     probation=st.sampled_from([0.0, 0.5, 2.0]),
     outcome=st.sampled_from(OUTCOMES),
     calls=st.lists(st.floats(0.0, 1.0), max_size=6),
+    start_delay=st.sampled_from([0.0, 0.2]),
 )
 def test_a_rollout_keeps_its_bounds_and_ends_on_one_version(
     size: int,
@@ -68,16 +46,25 @@ def test_a_rollout_keeps_its_bounds_and_ends_on_one_version(
     probation: float,
     outcome: str,
     calls: list[float],
+    start_delay: float,
 ) -> None:
     if surge + unavailable == 0:
         surge = 1
-    script = Script(pipelining=pipelining)
+    script = Script(pipelining=pipelining, start_delay=start_delay)
     versions = Versions(script)
     failures: list[BaseException] = []
+    serving: list[int] = []  # workers taking calls, at every event of the upgrade
 
     async def main() -> None:
         async with corral.open_pool("v1", size=size, worker_factory=versions.factory) as pool:
             versions.pool = pool
+
+            def count_serving(event: corral.WorkerEvent) -> None:
+                members = pool._slots.members.values()
+                usable = (corral.WorkerState.READY, corral.WorkerState.BUSY)
+                serving.append(
+                    sum(m.worker.state in usable and not (m.retired or m.recycling) for m in members)
+                )
 
             async def caller(seconds: float) -> None:
                 while True:
@@ -97,6 +84,7 @@ def test_a_rollout_keeps_its_bounds_and_ends_on_one_version(
                 for seconds in calls:
                     nursery.start_soon(caller, seconds)
                 await trio.sleep(0.1)
+                pool.subscribe(count_serving)
                 if outcome == "start_fails":
                     script.fail_starts = 1
                 elif outcome == "dies_on_probation":
@@ -115,6 +103,8 @@ def test_a_rollout_keeps_its_bounds_and_ends_on_one_version(
                     expected = "v2"
                 nursery.cancel_scope.cancel()
 
+            if outcome == "ok":  # (a failing version is stopped at once: fewer serve then)
+                assert min(serving) >= size - unavailable, "unavailable bounds the workers missing"
             assert versions.most_live <= size + surge, "surge bounds the workers alive at once"
             infos = pool.workers()
             assert {versions.of[w.id] for w in infos} == {expected}

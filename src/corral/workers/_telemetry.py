@@ -127,9 +127,7 @@ class Telemetry:
 
     def emit(self, worker: PoolWorker, action: str, detail: str = "") -> None:
         if self.subscribers:
-            event = WorkerEvent(self.pool_name, worker.id, worker.pid, worker.state, action, detail)
-            for callback in list(self.subscribers):
-                callback(event)
+            self._publish(WorkerEvent(self.pool_name, worker.id, worker.pid, worker.state, action, detail))
         if action != "call" and logger.isEnabledFor(logging.DEBUG):
             logger.debug("[%s] %s %s %s %s", self.pool_name, worker.id, action, worker.state.name, detail)
 
@@ -137,9 +135,11 @@ class Telemetry:
         """An event about the pool itself (a step of an upgrade), logged at INFO."""
         logger.info("[%s] %s", self.pool_name, detail)
         if self.subscribers:
-            event = WorkerEvent(self.pool_name, "", None, None, action, detail)
-            for callback in list(self.subscribers):
-                callback(event)
+            self._publish(WorkerEvent(self.pool_name, "", None, None, action, detail))
+
+    def _publish(self, event: WorkerEvent) -> None:
+        for callback in list(self.subscribers):
+            callback(event)
 
     def observe(self, name: str, worker: PoolWorker, start_ns: int, error: BaseException | None) -> None:
         record = CallRecord(
