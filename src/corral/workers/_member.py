@@ -18,7 +18,7 @@ import trio
 
 if TYPE_CHECKING:
     from corral.workers._placement import Placement
-    from corral.workers._rollout import Release
+    from corral.workers._release import Release
     from corral.workers._seam import PoolWorker
 
 

@@ -45,8 +45,8 @@ from corral.workers._launch import Command, PythonModule, as_launcher
 from corral.workers._member import Member, Waiter
 from corral.workers._options import DEFAULT_BACKOFF, DEFAULT_MAX_FRAME, PoolOptions
 from corral.workers._placement import Placements
+from corral.workers._release import Release
 from corral.workers._requests import ProgressCallback, Withdrawn
-from corral.workers._rollout import Release, Rollout, Upgrade, check_upgrade
 from corral.workers._seam import PoolWorker, WorkerFactory, process_worker
 from corral.workers._sessions import SessionTable
 from corral.workers._slots import Slots
@@ -56,6 +56,7 @@ from corral.workers._worker import WorkerInfo, WorkerState
 
 if TYPE_CHECKING:
     from corral.workers._remote import SSH
+    from corral.workers._rollout import Rollout, Upgrade
 
 P = ParamSpec("P")
 _OPTION_NAMES = tuple(attrs.fields_dict(PoolOptions))
@@ -432,6 +433,8 @@ class Pool:
         raises ``UpgradeFailed`` (the cause chained). Returns the finished ``Rollout``.
         docs/pool.md, "Upgrading without downtime".
         """
+        from corral.workers._rollout import Upgrade, check_upgrade  # on first use: most pools never upgrade
+
         self._check_open()
         check_upgrade(surge, unavailable, probation, sessions, session_deadline)
         running = self._rollout

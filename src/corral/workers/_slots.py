@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -31,12 +31,15 @@ from corral.workers._options import PoolOptions, WorkerOptions
 from corral.workers._placement import Placements, PoolLauncher
 from corral.workers._reaper import Reaper
 from corral.workers._recycling import recycle, recycle_due
+from corral.workers._release import Release
 from corral.workers._requests import Progress
-from corral.workers._rollout import Release, Rollout
 from corral.workers._seam import PoolWorker, StateCallback, WorkerFactory
 from corral.workers._sessions import SessionTable
 from corral.workers._telemetry import Telemetry
 from corral.workers._worker import WorkerState
+
+if TYPE_CHECKING:
+    from corral.workers._rollout import Rollout
 
 logger = logging.getLogger("corral.pool")
 

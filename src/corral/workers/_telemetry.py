@@ -10,12 +10,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
-from corral.workers._rollout import Rollout
 from corral.workers._seam import PoolWorker
 from corral.workers._worker import WorkerState
+
+if TYPE_CHECKING:
+    from corral.workers._rollout import Rollout
 
 logger = logging.getLogger("corral.pool")
 
