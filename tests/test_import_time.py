@@ -31,7 +31,8 @@ OWN = ("corral", "_corral_child", "corral_child")
 
 #: Never loaded by ``import corral``, nor by opening a pool with default options.
 OPTIONAL = re.compile(
-    r"corral\.(telemetry|testing|procman)(\..*)?$|corral\.workers\._(remote|forkserver|protocol)$|ctypes\.util$"
+    r"corral\.(telemetry|testing|procman)(\..*)?$|corral\.workers\._(remote|forkserver|protocol|rollout)$"
+    r"|ctypes\.util$"
 )
 
 
@@ -89,7 +90,7 @@ def test_import_corral_loads_only_the_exceptions(env: dict[str, str]) -> None:
 def test_a_pool_imports_nothing_optional(env: dict[str, str]) -> None:
     """What ``from corral import open_pool`` adds to ``import trio, attrs``: corral's
     modules and pickle (the default codec), nothing else. No fork server, ``corral.SSH``,
-    telemetry exporters, testing kit or process manager; no ``ctypes.util`` of corral's
+    upgrade driver, telemetry exporters, testing kit or process manager; no ``ctypes.util`` of corral's
     (trio imports it itself)."""
     new = _new_modules(env, "import trio, attrs", "from corral import open_pool")
     assert not [m for m in new if OPTIONAL.match(m)]
